@@ -1,0 +1,1 @@
+"""Criterions of the plugin; importing this package registers them with fairseq."""

@@ -1,0 +1,1 @@
+"""Shared data machinery: the TSV reader, media loading, transforms, vocabulary and the demo corpus."""

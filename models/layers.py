@@ -1,0 +1,173 @@
+"""Transformer building blocks of UnIVAL: biased multi-head attention and pre-norm encoder/decoder layers.
+
+Module and parameter names follow the original (OFA) code so that its checkpoints load without renaming.
+"""
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.incremental_decoding_utils import with_incremental_state
+from timm.layers import DropPath
+from torch import Tensor
+
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+
+def padding_to_bias(bias: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
+    """Adds -inf where keys are padding to a (B, H, T, S) attention bias."""
+    if key_padding_mask is None:
+        return bias
+    return bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+
+
+@with_incremental_state
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with an additive bias, through ``scaled_dot_product_attention``.
+
+    ``scale_factor`` enlarges the softmax temperature (scores scaled by (head_dim * factor) ** -0.5);
+    ``scale_heads`` learns one output scale per head (NormFormer). In incremental decoding, self-attention
+    caches keys and values; cross-attention (``static_kv``) computes them once.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, scale_factor: float = 2.0,
+                 scale_heads: bool = True):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embedding size {embed_dim} is not divisible by {num_heads} attention heads")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scaling = float(self.head_dim * scale_factor) ** -0.5
+        self.dropout = dropout
+        self.c_attn = nn.Parameter(torch.ones(num_heads)) if scale_heads else None
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """(T, B, C) -> (B, H, T, head_dim)."""
+        length, batch = x.shape[:2]
+        return x.view(length, batch, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+
+    def forward(self, query: Tensor, key: Tensor, bias: Tensor,
+                incremental_state: Optional[IncrementalState] = None, static_kv: bool = False) -> Tensor:
+        """query (T, B, C), key (S, B, C), bias (B, H, T, S) with -inf on masked keys -> (T, B, C).
+
+        In incremental self-attention ``bias`` covers the cached keys plus the new one.
+        """
+        q = self._heads(self.q_proj(query))
+        saved = self.get_incremental_state(incremental_state, "attn_state") if incremental_state is not None else None
+        if static_kv and saved is not None:
+            k, v = saved["key"], saved["value"]
+        else:
+            k = self._heads(self.k_proj(key))
+            v = self._heads(self.v_proj(key))
+            if saved is not None:
+                k = torch.cat([saved["key"], k], dim=2)
+                v = torch.cat([saved["value"], v], dim=2)
+        if incremental_state is not None:
+            self.set_incremental_state(incremental_state, "attn_state", {"key": k, "value": v})
+
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scaling,
+        )
+        if self.c_attn is not None:
+            attn = attn * self.c_attn.view(1, -1, 1, 1)
+        length, batch = query.shape[:2]
+        attn = attn.permute(2, 0, 1, 3).reshape(length, batch, self.embed_dim)
+        return self.out_proj(attn)
+
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        """Follows the beam search's reordering of hypotheses."""
+        saved = self.get_incremental_state(incremental_state, "attn_state")
+        if saved is not None:
+            reordered = {name: value.index_select(0, new_order) for name, value in saved.items()}
+            self.set_incremental_state(incremental_state, "attn_state", reordered)
+
+
+def drop_path_rates(max_rate: float, num_layers: int):
+    """Stochastic-depth rate of each layer, growing linearly from 0 to ``max_rate``."""
+    return [x.item() for x in torch.linspace(0, max_rate, num_layers)]
+
+
+class FeedForward(nn.Module):
+    """fc1 -> GELU -> (LayerNorm, NormFormer) -> fc2; a mixin of the encoder and decoder layers."""
+
+    def _build_ffn(self, embed_dim: int, ffn_dim: int, scale_fc: bool, activation_dropout: float) -> None:
+        self.fc1 = nn.Linear(embed_dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.ffn_layernorm = nn.LayerNorm(ffn_dim) if scale_fc else None
+        self.activation_dropout = nn.Dropout(activation_dropout)
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        x = self.activation_dropout(F.gelu(self.fc1(x)))
+        if self.ffn_layernorm is not None:
+            x = self.ffn_layernorm(x)
+        return self.fc2(x)
+
+
+class EncoderLayer(FeedForward, nn.Module):
+    """Pre-norm self-attention + FFN with NormFormer's extra LayerNorms and stochastic depth."""
+
+    def __init__(self, cfg, drop_path_rate: float = 0.0):
+        nn.Module.__init__(self)
+        dim = cfg.encoder_embed_dim
+        self.self_attn = MultiheadAttention(dim, cfg.encoder_attention_heads, cfg.attention_dropout,
+                                            cfg.attn_scale_factor, not cfg.no_head_scale)
+        self.self_attn_layer_norm = nn.LayerNorm(dim)
+        self.attn_ln = nn.LayerNorm(dim) if not cfg.no_attn_ln else None
+        self._build_ffn(dim, cfg.encoder_ffn_embed_dim, not cfg.no_ffn_ln, cfg.activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        """x (T, B, C); bias (B, H, T, T) already holding -inf on padded keys."""
+        h = self.self_attn_layer_norm(x)
+        h = self.self_attn(h, h, bias)
+        if self.attn_ln is not None:
+            h = self.attn_ln(h)
+        x = x + self.drop_path(self.dropout(h))
+        h = self._ffn(self.final_layer_norm(x))
+        return x + self.drop_path(self.dropout(h))
+
+
+class DecoderLayer(FeedForward, nn.Module):
+    """Pre-norm causal self-attention, cross-attention and FFN, each with a NormFormer LayerNorm."""
+
+    def __init__(self, cfg, drop_path_rate: float = 0.0):
+        nn.Module.__init__(self)
+        dim = cfg.decoder_embed_dim
+        heads = cfg.decoder_attention_heads
+        self.self_attn = MultiheadAttention(dim, heads, cfg.attention_dropout, cfg.attn_scale_factor,
+                                            not cfg.no_head_scale)
+        self.self_attn_ln = nn.LayerNorm(dim) if not cfg.no_attn_ln else None
+        self.cross_attn_ln = nn.LayerNorm(dim) if not cfg.no_attn_ln else None
+        self.self_attn_layer_norm = nn.LayerNorm(dim)
+        self.encoder_attn = MultiheadAttention(dim, heads, cfg.attention_dropout, cfg.attn_scale_factor,
+                                               not cfg.no_head_scale)
+        self.encoder_attn_layer_norm = nn.LayerNorm(dim)
+        self._build_ffn(dim, cfg.decoder_ffn_embed_dim, not cfg.no_ffn_ln, cfg.activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, encoder_out: Tensor, self_bias: Tensor, cross_bias: Tensor,
+                incremental_state: Optional[IncrementalState] = None) -> Tensor:
+        h = self.self_attn_layer_norm(x)
+        h = self.self_attn(h, h, self_bias, incremental_state)
+        if self.self_attn_ln is not None:
+            h = self.self_attn_ln(h)
+        x = x + self.drop_path(self.dropout(h))
+
+        h = self.encoder_attn_layer_norm(x)
+        h = self.encoder_attn(h, encoder_out, cross_bias, incremental_state, static_kv=True)
+        if self.cross_attn_ln is not None:
+            h = self.cross_attn_ln(h)
+        x = x + self.drop_path(self.dropout(h))
+
+        h = self._ffn(self.final_layer_norm(x))
+        return x + self.drop_path(self.dropout(h))

@@ -1,0 +1,403 @@
+"""The ``unival`` model: a pre-norm BART-style encoder-decoder whose encoder reads modality patches
+(image now; video and audio plug in through ``MODALITIES``) placed before the text tokens, with OFA-style
+disentangled position biases (absolute biases from position embeddings, plus 1-D and 2-D relative buckets).
+
+Module names follow the original UnIVAL code so that its checkpoints load with ``load_state_dict``.
+"""
+import logging
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqIncrementalDecoder,
+                            register_model, register_model_architecture)
+from torch import Tensor
+
+from unival.models.image_encoders import ResNetBackbone
+from unival.models.layers import DecoderLayer, EncoderLayer, IncrementalState, drop_path_rates, padding_to_bias
+from unival.models.position import (grid_position_ids, image_relative_buckets, num_image_relative_buckets,
+                                    token_relative_buckets)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class UnivalConfig(FairseqDataclass):
+    """Options of the model; defaults are those of the paper's ``unival_base``."""
+
+    encoder_layers: int = field(default=6, metadata={"help": "number of encoder layers"})
+    decoder_layers: int = field(default=6, metadata={"help": "number of decoder layers"})
+    encoder_embed_dim: int = field(default=768, metadata={"help": "model width (encoder)"})
+    decoder_embed_dim: int = field(default=768, metadata={"help": "model width (decoder); equals the encoder's"})
+    encoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "encoder feed-forward width"})
+    decoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "decoder feed-forward width"})
+    encoder_attention_heads: int = field(default=12, metadata={"help": "encoder attention heads"})
+    decoder_attention_heads: int = field(default=12, metadata={"help": "decoder attention heads"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on embeddings and sublayer outputs"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention probabilities"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
+    encoder_drop_path_rate: float = field(
+        default=0.1, metadata={"help": "stochastic depth of the last encoder layer (linear from 0)"})
+    decoder_drop_path_rate: float = field(
+        default=0.1, metadata={"help": "stochastic depth of the last decoder layer (linear from 0)"})
+    max_source_positions: int = field(default=1024, metadata={"help": "longest text input, in tokens"})
+    max_target_positions: int = field(default=1024, metadata={"help": "longest output, in tokens"})
+    token_bucket_size: int = field(default=256, metadata={"help": "buckets of 1-D relative text positions"})
+    image_bucket_size: int = field(
+        default=42, metadata={"help": "side of the 2-D position grid; the patch grid must fit in it"})
+    attn_scale_factor: float = field(
+        default=2.0, metadata={"help": "attention scores are scaled by (head_dim * factor) ** -0.5"})
+    no_attn_ln: bool = field(default=False, metadata={"help": "drop NormFormer's LayerNorm after attention"})
+    no_ffn_ln: bool = field(default=False, metadata={"help": "drop NormFormer's LayerNorm inside the FFN"})
+    no_head_scale: bool = field(default=False, metadata={"help": "drop NormFormer's learned per-head scale"})
+    no_type_embedding: bool = field(
+        default=False, metadata={"help": "drop the type embedding that tells text from media tokens"})
+    no_layernorm_embedding: bool = field(default=False, metadata={"help": "drop the LayerNorm on token embeddings"})
+    no_patch_layernorm_embedding: bool = field(
+        default=False, metadata={"help": "drop the LayerNorm on projected media patches"})
+    code_layernorm_embedding: bool = field(
+        default=False, metadata={"help": "create the decoder's image-code modules of OFA checkpoints (LayerNorm, "
+                                         "image positions); no UnIVAL task uses them, released checkpoints hold them"})
+    image_encoder: str = field(default="resnet101", metadata={"help": "timm ResNet name of the image encoder"})
+    image_encoder_stages: int = field(
+        default=4, metadata={"help": "ResNet stages kept (3: stride 16, the original's default; 4: stride 32)"})
+    image_encoder_path: Optional[str] = field(
+        default=None, metadata={"help": "local file with ImageNet weights for the image encoder (else random init)"})
+    image_drop_path_rate: float = field(default=0.0, metadata={"help": "stochastic depth inside the ResNet"})
+
+
+# Media the encoder can read: net_input key -> (backbone attribute, projection attribute, positions attribute).
+MODALITIES = {"patch_images": ("embed_images", "image_proj", "embed_image_positions")}
+
+
+def bert_init(module: nn.Module) -> None:
+    """BERT-style initialisation of linear and embedding weights (normal, std 0.02)."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+
+
+def relative_tables(num_layers: int, num_buckets: int, num_heads: int) -> nn.ModuleList:
+    """One zero-initialised (num_buckets, num_heads) bias table per layer."""
+    tables = nn.ModuleList([nn.Embedding(num_buckets, num_heads) for _ in range(num_layers)])
+    for table in tables:
+        nn.init.zeros_(table.weight)
+    return tables
+
+
+class PositionBias(nn.Module):
+    """Shared pieces of the encoder's and decoder's position biases."""
+
+    def _build_positions(self, cfg: UnivalConfig, dim: int, heads: int, num_layers: int, max_positions: int) -> None:
+        self.num_heads = heads
+        self.pos_scaling = float(dim / heads * cfg.attn_scale_factor) ** -0.5
+        self.embed_positions = nn.Embedding(max_positions + 2, dim)
+        self.pos_ln = nn.LayerNorm(dim)
+        self.token_rel_pos_table_list = relative_tables(num_layers, 2 * cfg.token_bucket_size - 1, heads)
+        self.register_buffer("token_rp_bucket", token_relative_buckets(cfg.token_bucket_size, max_positions),
+                             persistent=False)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """(B, T, C) -> (B, H, T, C / H)."""
+        return x.view(x.size(0), x.size(1), self.num_heads, -1).transpose(1, 2)
+
+    def token_relative_bias(self, layer: int, query_positions: Tensor, key_length: int) -> Tensor:
+        """(1, H, len(query_positions), key_length) bias of 1-D relative positions for one layer."""
+        buckets = self.token_rp_bucket[query_positions, :key_length]
+        return self.token_rel_pos_table_list[layer](buckets).permute(2, 0, 1).unsqueeze(0)
+
+
+class UnivalEncoder(PositionBias, FairseqEncoder):
+    """Text tokens and modality patches -> (T, B, C) states, with the position embeddings for the decoder."""
+
+    def __init__(self, cfg: UnivalConfig, dictionary, embed_tokens: nn.Embedding):
+        FairseqEncoder.__init__(self, dictionary)
+        dim = cfg.encoder_embed_dim
+        self.cfg = cfg
+        self.padding_idx = dictionary.pad()
+        self.embed_tokens = embed_tokens
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layernorm_embedding = None if cfg.no_layernorm_embedding else nn.LayerNorm(dim)
+        self.type_embedding = None if cfg.no_type_embedding else nn.Embedding(2, dim)
+        self.embed_images = ResNetBackbone(cfg.image_encoder, cfg.image_encoder_stages, cfg.image_drop_path_rate)
+        self.image_proj = nn.Linear(self.embed_images.num_channels, dim)
+        self.patch_layernorm_embedding = None if cfg.no_patch_layernorm_embedding else nn.LayerNorm(dim)
+        self._build_positions(cfg, dim, cfg.encoder_attention_heads, cfg.encoder_layers, cfg.max_source_positions)
+        self.embed_image_positions = nn.Embedding(cfg.image_bucket_size ** 2 + 1, dim)
+        self.image_pos_ln = nn.LayerNorm(dim)
+        self.pos_q_linear = nn.Linear(dim, dim)
+        self.pos_k_linear = nn.Linear(dim, dim)
+        rates = drop_path_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
+        self.layers = nn.ModuleList([EncoderLayer(cfg, rate) for rate in rates])
+        self.layer_norm = nn.LayerNorm(dim)
+        self.image_rel_pos_table_list = relative_tables(
+            cfg.encoder_layers, num_image_relative_buckets(cfg.image_bucket_size), cfg.encoder_attention_heads)
+        self.register_buffer("image_rp_bucket", image_relative_buckets(cfg.image_bucket_size), persistent=False)
+
+    def embed_text(self, src_tokens: Tensor) -> Tensor:
+        x = self.embed_tokens(src_tokens)
+        if self.type_embedding is not None:
+            x = x + self.type_embedding.weight[0]
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+        return self.dropout(x)
+
+    def embed_media(self, key: str, media: Tensor) -> Tuple[Tensor, Tensor]:
+        """Media batch -> (B, N, C) patch embeddings and the (N,) grid position ids of the patches."""
+        backbone, projection, _ = (getattr(self, name) for name in MODALITIES[key])
+        features = backbone(media)
+        height, width = features.shape[-2:]
+        position_ids = grid_position_ids(height, width, self.cfg.image_bucket_size, device=media.device)
+        x = projection(features.flatten(2).transpose(1, 2))
+        if self.type_embedding is not None:
+            x = x + self.type_embedding.weight[1]
+        if self.patch_layernorm_embedding is not None:
+            x = self.patch_layernorm_embedding(x)
+        return self.dropout(x), position_ids
+
+    def image_relative_bias(self, layer: int, position_ids: Tensor) -> Tensor:
+        """(1, H, N, N) bias of 2-D relative positions between patches for one layer."""
+        buckets = self.image_rp_bucket[position_ids][:, position_ids]
+        return self.image_rel_pos_table_list[layer](buckets).permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, patch_images: Optional[Tensor] = None,
+                patch_masks: Optional[Tensor] = None, return_all_hiddens: bool = False, **unused) -> Dict[str, List]:
+        batch, text_length = src_tokens.shape
+        x = self.embed_text(src_tokens)
+        padding = src_tokens.eq(self.padding_idx)
+        positions = self.pos_ln(self.embed_positions.weight[:text_length]).unsqueeze(0)
+        patch_positions = None
+        if patch_images is not None:
+            patches, patch_positions = self.embed_media("patch_images", patch_images)
+            patch_padding = padding.new_zeros(batch, patches.size(1))
+            if patch_masks is not None:
+                patch_padding = patch_padding | ~patch_masks[:, None]
+            x = torch.cat([patches, x], dim=1)
+            padding = torch.cat([patch_padding, padding], dim=1)
+            image_positions = self.image_pos_ln(self.embed_image_positions(patch_positions)).unsqueeze(0)
+            positions = torch.cat([image_positions, positions], dim=1)
+        if padding.any():
+            x = x * (1 - padding.unsqueeze(-1).type_as(x))
+        x = x.transpose(0, 1)
+
+        length = x.size(0)
+        pos_q = self._heads(self.pos_q_linear(positions)) * self.pos_scaling
+        pos_k = self._heads(self.pos_k_linear(positions))
+        absolute_bias = torch.matmul(pos_q, pos_k.transpose(2, 3))
+        text_positions = torch.arange(text_length, device=src_tokens.device)
+        states = [x] if return_all_hiddens else []
+        for index, layer in enumerate(self.layers):
+            bias = absolute_bias.clone()
+            bias[:, :, -text_length:, -text_length:] += self.token_relative_bias(index, text_positions, text_length)
+            if patch_positions is not None:
+                num_patches = length - text_length
+                bias[:, :, :num_patches, :num_patches] += self.image_relative_bias(index, patch_positions)
+            x = layer(x, padding_to_bias(bias.expand(batch, -1, -1, -1), padding))
+            if return_all_hiddens:
+                states.append(x)
+        x = self.layer_norm(x)
+        return {
+            "encoder_out": [x],
+            "encoder_padding_mask": [padding],
+            "position_embeddings": [positions.expand(batch, -1, -1)],
+            "encoder_states": states,
+            "src_tokens": [],
+            "src_lengths": [],
+        }
+
+    def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor) -> Dict[str, List]:
+        reordered = {}
+        for key, values in encoder_out.items():
+            batch_dim = 1 if key in ("encoder_out", "encoder_states") else 0
+            reordered[key] = [value.index_select(batch_dim, new_order) for value in values]
+        return reordered
+
+    def max_positions(self) -> int:
+        return self.cfg.max_source_positions
+
+
+class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
+    """Causal decoder with self- and cross-attention position biases; caches keys, values and the
+    projected source positions during incremental decoding."""
+
+    def __init__(self, cfg: UnivalConfig, dictionary, embed_tokens: nn.Embedding):
+        FairseqIncrementalDecoder.__init__(self, dictionary)
+        dim = cfg.decoder_embed_dim
+        self.cfg = cfg
+        self.padding_idx = dictionary.pad()
+        self.embed_tokens = embed_tokens
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layernorm_embedding = None if cfg.no_layernorm_embedding else nn.LayerNorm(dim)
+        self._build_positions(cfg, dim, cfg.decoder_attention_heads, cfg.decoder_layers, cfg.max_target_positions)
+        self.self_pos_q_linear = nn.Linear(dim, dim)
+        self.self_pos_k_linear = nn.Linear(dim, dim)
+        self.cross_pos_q_linear = nn.Linear(dim, dim)
+        self.cross_pos_k_linear = nn.Linear(dim, dim)
+        if cfg.code_layernorm_embedding:
+            # Image-code generation of OFA; kept only so that checkpoints holding these weights load strictly.
+            self.code_layernorm_embedding = nn.LayerNorm(dim)
+            self.embed_image_positions = nn.Embedding(cfg.image_bucket_size ** 2 + 1, dim)
+            self.image_pos_ln = nn.LayerNorm(dim)
+            self.image_rel_pos_table_list = relative_tables(
+                cfg.decoder_layers, num_image_relative_buckets(cfg.image_bucket_size), cfg.decoder_attention_heads)
+        rates = drop_path_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
+        self.layers = nn.ModuleList([DecoderLayer(cfg, rate) for rate in rates])
+        self.layer_norm = nn.LayerNorm(dim)
+        self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
+        self.output_projection.weight = embed_tokens.weight
+
+    def _cross_position_keys(self, encoder_out: Dict[str, List[Tensor]],
+                             incremental_state: Optional[IncrementalState]) -> Tensor:
+        """(B, H, S, C / H) keys of the source positions, computed once per generation."""
+        if incremental_state is not None:
+            cached = self.get_incremental_state(incremental_state, "cross_position_keys")
+            if cached is not None:
+                return cached["keys"]
+        keys = self._heads(self.cross_pos_k_linear(encoder_out["position_embeddings"][0]))
+        if incremental_state is not None:
+            self.set_incremental_state(incremental_state, "cross_position_keys", {"keys": keys})
+        return keys
+
+    def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        cached = self.get_incremental_state(incremental_state, "cross_position_keys")
+        if cached is not None:
+            self.set_incremental_state(incremental_state, "cross_position_keys",
+                                       {"keys": cached["keys"].index_select(0, new_order)})
+
+    def forward(self, prev_output_tokens: Tensor, encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+                incremental_state: Optional[IncrementalState] = None, features_only: bool = False,
+                **unused) -> Tuple[Tensor, Dict[str, Any]]:
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def extract_features(self, prev_output_tokens: Tensor, encoder_out: Dict[str, List[Tensor]],
+                         incremental_state: Optional[IncrementalState] = None, **unused):
+        batch, target_length = prev_output_tokens.shape
+        device = prev_output_tokens.device
+        # In incremental decoding only the newest position is computed; earlier ones are cached.
+        first = target_length - 1 if incremental_state is not None else 0
+        query_positions = torch.arange(first, target_length, device=device)
+        positions = self.pos_ln(self.embed_positions.weight[:target_length]).unsqueeze(0)
+        queries = positions[:, first:]
+
+        self_q = self._heads(self.self_pos_q_linear(queries)) * self.pos_scaling
+        self_k = self._heads(self.self_pos_k_linear(positions))
+        self_bias = torch.matmul(self_q, self_k.transpose(2, 3))
+        cross_q = self._heads(self.cross_pos_q_linear(queries)) * self.pos_scaling
+        cross_bias = torch.matmul(cross_q, self._cross_position_keys(encoder_out, incremental_state).transpose(2, 3))
+        cross_bias = padding_to_bias(cross_bias, encoder_out["encoder_padding_mask"][0])
+
+        tokens = prev_output_tokens[:, first:]
+        x = self.embed_tokens(tokens)
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+        x = self.dropout(x).transpose(0, 1)
+
+        mask = None
+        if incremental_state is None:
+            mask = torch.full((target_length, target_length), float("-inf"), device=device).triu(1)
+            if prev_output_tokens.eq(self.padding_idx).any():
+                mask = padding_to_bias(mask.expand(batch, 1, -1, -1), prev_output_tokens.eq(self.padding_idx))
+        states = [x]
+        for index, layer in enumerate(self.layers):
+            bias = self_bias + self.token_relative_bias(index, query_positions, target_length)
+            if mask is not None:
+                bias = bias + mask
+            x = layer(x, encoder_out["encoder_out"][0], bias.expand(batch, -1, -1, -1), cross_bias,
+                      incremental_state)
+            states.append(x)
+        x = self.layer_norm(x).transpose(0, 1)
+        return x, {"attn": [None], "inner_states": states}
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        return self.output_projection(features)
+
+    def max_positions(self) -> int:
+        return self.cfg.max_target_positions
+
+
+@register_model("unival", dataclass=UnivalConfig)
+class UnivalModel(FairseqEncoderDecoderModel):
+    """Encoder-decoder with shared embeddings (encoder input, decoder input and output projection)."""
+
+    def __init__(self, cfg: UnivalConfig, encoder: UnivalEncoder, decoder: UnivalDecoder):
+        super().__init__(encoder, decoder)
+        self.cfg = cfg
+
+    @classmethod
+    def build_model(cls, cfg: UnivalConfig, task) -> "UnivalModel":
+        return cls.from_config(cfg, task.source_dictionary)
+
+    @classmethod
+    def from_config(cls, cfg: UnivalConfig, dictionary) -> "UnivalModel":
+        if cfg.encoder_embed_dim != cfg.decoder_embed_dim:
+            raise ValueError("encoder and decoder share their embeddings: --encoder-embed-dim "
+                             f"{cfg.encoder_embed_dim} must equal --decoder-embed-dim {cfg.decoder_embed_dim}")
+        embed_tokens = nn.Embedding(len(dictionary), cfg.encoder_embed_dim, padding_idx=dictionary.pad())
+        model = cls(cfg, UnivalEncoder(cfg, dictionary, embed_tokens), UnivalDecoder(cfg, dictionary, embed_tokens))
+        for name, module in model.named_modules():
+            if not name.startswith("encoder.embed_images"):
+                bert_init(module)
+        for tables in ("token_rel_pos_table_list", "image_rel_pos_table_list"):
+            for part in (model.encoder, model.decoder):
+                for table in getattr(part, tables, []):
+                    nn.init.zeros_(table.weight)
+        if cfg.image_encoder_path:
+            model.encoder.embed_images.load_weights(cfg.image_encoder_path)
+        return model
+
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor], prev_output_tokens: Tensor,
+                features_only: bool = False, return_all_hiddens: bool = False, **media) -> Tuple[Tensor, Dict]:
+        """Takes the original's net_input keywords (``patch_images``, ``patch_masks``, ...) and returns
+        ``(logits, extra)`` like a fairseq decoder."""
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens, **media)
+        return self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only)
+
+    def max_positions(self):
+        return (self.cfg.max_source_positions, self.cfg.max_target_positions)
+
+
+# Sizes of each registered architecture; options not named keep the dataclass (unival_base) defaults.
+ARCHITECTURES = {
+    "unival_tiny": dict(
+        encoder_layers=2, decoder_layers=2, encoder_embed_dim=256, decoder_embed_dim=256,
+        encoder_ffn_embed_dim=1024, decoder_ffn_embed_dim=1024, encoder_attention_heads=4,
+        decoder_attention_heads=4, image_encoder="resnet18", image_encoder_stages=3, image_bucket_size=16,
+    ),
+    "unival_base": dict(),
+    "unival_large": dict(
+        encoder_layers=12, decoder_layers=12, encoder_embed_dim=1024, decoder_embed_dim=1024,
+        encoder_ffn_embed_dim=4096, decoder_ffn_embed_dim=4096, encoder_attention_heads=16,
+        decoder_attention_heads=16, image_encoder="resnet152",
+    ),
+}
+
+
+def architecture_defaults(name: str) -> Dict[str, Any]:
+    """Every model option with its value for the architecture ``name``."""
+    values = {f.name: f.default for f in fields(UnivalConfig) if not f.name.startswith("_")}
+    values.update(ARCHITECTURES[name])
+    return values
+
+
+def _register_architecture(name: str) -> None:
+    def apply(args) -> None:
+        # Options given on the command line win; the rest take this architecture's values.
+        for key, value in architecture_defaults(name).items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+
+    register_model_architecture("unival", name)(apply)
+
+
+for _name in ARCHITECTURES:
+    _register_architecture(_name)

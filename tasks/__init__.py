@@ -1,0 +1,1 @@
+"""Tasks of the plugin; importing this package registers them with fairseq."""

@@ -1,0 +1,29 @@
+"""Compatibility of fairseq 0.12 with torch 2.14 that the whole plugin needs before fairseq loads anything.
+
+torch >= 2.6 loads checkpoints with ``weights_only=True``; fairseq's and the original UnIVAL's checkpoints
+hold a few plain Python containers besides tensors. We allow exactly those types, never the unsafe path.
+"""
+import argparse
+import collections
+
+import numpy as np
+import torch
+
+SAFE_CHECKPOINT_TYPES = [
+    argparse.Namespace,
+    collections.OrderedDict,
+    collections.defaultdict,
+    np.dtype,
+    np.dtypes.Float64DType,
+    np.dtypes.Float32DType,
+    np.dtypes.Int64DType,
+    np._core.multiarray.scalar,  # how numpy pickles scalars such as a best validation loss
+]
+
+
+def allow_checkpoint_types() -> None:
+    """Adds the containers found in fairseq and UnIVAL checkpoints to torch's weights-only allowlist."""
+    torch.serialization.add_safe_globals(SAFE_CHECKPOINT_TYPES)
+
+
+allow_checkpoint_types()

@@ -1,0 +1,204 @@
+"""Loading checkpoints: the original UnIVAL/OFA ones (``cfg["model"]`` an argparse.Namespace) and this
+project's own, safely (weights-only unpickling), with EMA selection and fp16 upcasting.
+"""
+import argparse
+import logging
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+from fairseq.data import Dictionary
+
+from unival._compat import allow_checkpoint_types
+from unival.models.position import image_relative_buckets, token_relative_buckets
+from unival.models.unival import UnivalConfig, UnivalModel, architecture_defaults
+
+logger = logging.getLogger(__name__)
+
+# Buffers the original stores although they follow from the configuration; checked, then dropped.
+DERIVED_BUFFERS = ("version", "token_rp_bucket", "image_rp_bucket", "image_position_idx")
+# Parameters of the original that its forward pass never uses (timm's ImageNet classifier head).
+UNUSED_PREFIXES = ("encoder.embed_images.fc.",)
+
+# Original option -> this project's option, for options with the same meaning and value.
+SAME_OPTIONS = (
+    "encoder_layers", "decoder_layers", "encoder_embed_dim", "decoder_embed_dim", "encoder_ffn_embed_dim",
+    "decoder_ffn_embed_dim", "encoder_attention_heads", "decoder_attention_heads", "dropout", "attention_dropout",
+    "activation_dropout", "encoder_drop_path_rate", "decoder_drop_path_rate", "max_source_positions",
+    "max_target_positions", "token_bucket_size", "image_bucket_size", "attn_scale_factor",
+    "code_layernorm_embedding",
+)
+# Original flag that turns a feature on -> this project's flag that turns it off.
+NEGATED_OPTIONS = {
+    "scale_attn": "no_attn_ln",
+    "scale_fc": "no_ffn_ln",
+    "scale_heads": "no_head_scale",
+    "add_type_embedding": "no_type_embedding",
+    "layernorm_embedding": "no_layernorm_embedding",
+    "patch_layernorm_embedding": "no_patch_layernorm_embedding",
+}
+# Original options whose non-default value changes the network in ways this project does not implement.
+UNSUPPORTED_OPTIONS = {
+    "scale_resids": False,
+    "encoder_prompt": False,
+    "decoder_prompt": False,
+    "adapter": False,
+    "cross_self_attention": False,
+    "no_cross_attention": False,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def read_checkpoint(path: Union[str, Path], allow_unsafe: bool = False) -> Dict[str, Any]:
+    """Unpickles a checkpoint with ``weights_only=True`` (only tensors and the few containers real
+    checkpoints hold); ``allow_unsafe`` falls back to full unpickling, which can run code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    allow_checkpoint_types()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not allow_unsafe:
+            raise CheckpointError(
+                f"{path} holds Python objects outside the weights-only allowlist ({err}). Loading it fully "
+                "can execute code stored in the file: pass allow_unsafe=True (--allow-unsafe-checkpoint) "
+                "only for files you trust") from err
+        warnings.warn(f"loading {path} with full unpickling (allow_unsafe=True): it can execute code")
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def config_from_original(args: argparse.Namespace) -> UnivalConfig:
+    """Maps the original code's model arguments onto this project's config, refusing what it lacks."""
+    values = architecture_defaults("unival_base")
+    for name in SAME_OPTIONS:
+        if hasattr(args, name):
+            values[name] = getattr(args, name)
+    for name, negated in NEGATED_OPTIONS.items():
+        values[negated] = not getattr(args, name, False)
+    for name, supported in UNSUPPORTED_OPTIONS.items():
+        if getattr(args, name, supported) not in (supported, None, 0):
+            raise CheckpointError(f"the checkpoint uses --{name.replace('_', '-')}={getattr(args, name)}, "
+                                  "which this project does not implement")
+    if getattr(args, "entangle_position_embedding", False) and not getattr(args, "disable_entangle", False):
+        raise CheckpointError("the checkpoint adds position embeddings to the tokens (entangled positions); "
+                              "this project implements UnIVAL's disentangled positions only")
+    if not (getattr(args, "encoder_normalize_before", True) and getattr(args, "decoder_normalize_before", True)):
+        raise CheckpointError("the checkpoint is post-norm; UnIVAL models are pre-norm")
+    if getattr(args, "activation_fn", "gelu") != "gelu":
+        raise CheckpointError(f"unsupported activation {args.activation_fn!r} (UnIVAL uses gelu)")
+    encoder_name = getattr(args, "image_encoder_name", "resnet") or "resnet"
+    resnet = getattr(args, "resnet_type", "resnet101")
+    if encoder_name == "resnet":
+        values.update(image_encoder=resnet, image_encoder_stages=3)
+    elif encoder_name == "timm_resnet":
+        values.update(image_encoder=resnet, image_encoder_stages=4)
+    else:
+        raise CheckpointError(f"image encoder {encoder_name!r} of the checkpoint is not supported yet "
+                              "(supported: resnet, timm_resnet)")
+    values["image_drop_path_rate"] = getattr(args, "resnet_drop_path_rate", 0.0)
+    values["image_encoder_path"] = None
+    return UnivalConfig(**values)
+
+
+def config_from_own(model_cfg: Dict[str, Any]) -> UnivalConfig:
+    """Config of a checkpoint written by this project's training (a dict of UnivalConfig fields)."""
+    known = set(architecture_defaults("unival_base"))
+    values = {key: value for key, value in dict(model_cfg).items() if key in known}
+    values["image_encoder_path"] = None  # the weights are in the checkpoint itself
+    return UnivalConfig(**values)
+
+
+def placeholder_dictionary(size: int, pad: int = 1) -> Dictionary:
+    """A dictionary with fairseq's special ids and ``size`` entries, for building a model without its vocabulary."""
+    dictionary = Dictionary()
+    if dictionary.pad() != pad:
+        raise CheckpointError(f"the checkpoint's padding id {pad} differs from fairseq's {dictionary.pad()}")
+    for index in range(len(dictionary), size):
+        dictionary.add_symbol(f"<symbol_{index}>")
+    return dictionary
+
+
+def _check_derived_buffers(state: Dict[str, torch.Tensor], cfg: UnivalConfig) -> None:
+    expected = {
+        "token_rp_bucket": lambda max_positions: token_relative_buckets(cfg.token_bucket_size, max_positions),
+        "image_rp_bucket": lambda _: image_relative_buckets(cfg.image_bucket_size),
+    }
+    for key, value in state.items():
+        name = key.rsplit(".", 1)[-1]
+        if name in expected:
+            max_positions = cfg.max_source_positions if key.startswith("encoder") else cfg.max_target_positions
+            if not torch.equal(value, expected[name](max_positions)):
+                raise CheckpointError(f"{key} differs from the buckets this project computes for the "
+                                      "checkpoint's configuration: its position scheme is not supported")
+
+
+def model_state_from_checkpoint(state: Dict[str, Any], cfg: UnivalConfig, ema: bool) -> Dict[str, torch.Tensor]:
+    """The weights to load: the model's or the EMA copy's, float32, derived and unused entries removed."""
+    weights = state["model"]
+    if ema:
+        extra = state.get("extra_state") or {}
+        if not extra.get("ema"):
+            raise CheckpointError("ema=True but the checkpoint holds no EMA weights (extra_state['ema'])")
+        weights = extra["ema"]
+    _check_derived_buffers(weights, cfg)
+    cleaned = {}
+    for key, value in weights.items():
+        if key.rsplit(".", 1)[-1] in DERIVED_BUFFERS or key.startswith(UNUSED_PREFIXES):
+            continue
+        cleaned[key] = value.float() if value.is_floating_point() else value
+    return cleaned
+
+
+def load_strict(model: torch.nn.Module, weights: Dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict that lists every missing, unexpected and mis-shaped key in its error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    mis_shaped = [f"{key}: checkpoint {tuple(weights[key].shape)} vs model {tuple(own[key].shape)}"
+                  for key in sorted(set(own) & set(weights)) if own[key].shape != weights[key].shape]
+    if missing or unexpected or mis_shaped:
+        lines = [f"{source} does not fit the model:"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(weights, strict=True)
+
+
+def build_from_checkpoint(state: Dict[str, Any], ema: bool = False, dictionary: Optional[Dictionary] = None,
+                          source: str = "checkpoint") -> Tuple[UnivalModel, UnivalConfig]:
+    model_args = state["cfg"]["model"] if state.get("cfg") else state.get("args")
+    if isinstance(model_args, argparse.Namespace):
+        cfg = config_from_original(model_args)
+    elif model_args is not None:
+        cfg = config_from_own(model_args)
+    else:
+        raise CheckpointError(f"{source} has no model configuration (cfg['model'] or args)")
+    weights = model_state_from_checkpoint(state, cfg, ema)
+    vocab_size = weights["encoder.embed_tokens.weight"].shape[0]
+    if dictionary is None:
+        dictionary = placeholder_dictionary(vocab_size)
+    elif len(dictionary) != vocab_size:
+        raise CheckpointError(f"the dictionary has {len(dictionary)} symbols but {source} was trained with "
+                              f"{vocab_size}: use the dict.txt and --code-dict-size/--num-bins it was trained with")
+    model = UnivalModel.from_config(cfg, dictionary)
+    load_strict(model, weights, source)
+    return model, cfg
+
+
+def load_checkpoint(path: Union[str, Path], ema: bool = False, dictionary: Optional[Dictionary] = None,
+                    allow_unsafe: bool = False) -> UnivalModel:
+    """Builds the model stored in ``path`` (an original UnIVAL checkpoint or one of ours) in eval mode.
+
+    ``ema`` picks the exponential-moving-average weights; ``dictionary`` (optional) is the vocabulary the
+    model was trained with, for decoding text; without it a placeholder of the right size is used.
+    """
+    state = read_checkpoint(path, allow_unsafe=allow_unsafe)
+    model, _ = build_from_checkpoint(state, ema=ema, dictionary=dictionary, source=str(path))
+    return model.eval()
