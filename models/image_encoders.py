@@ -24,7 +24,8 @@ class ResNetBackbone(nn.Module):
         if not 1 <= num_stages <= 4:
             raise ValueError(f"a ResNet has stages 1 to 4; got --image-encoder-stages {num_stages}")
         try:
-            full = timm.create_model(name, pretrained=False, drop_path_rate=drop_path_rate)
+            # Residual branches start live (the original's ResNet does not zero its last BatchNorm as timm would).
+            full = timm.create_model(name, pretrained=False, drop_path_rate=drop_path_rate, zero_init_last=False)
         except RuntimeError as err:
             raise ValueError(f"unknown image encoder {name!r}: expected a timm ResNet such as resnet50") from err
         if not all(hasattr(full, f"layer{i}") for i in range(1, 5)):

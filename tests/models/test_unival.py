@@ -1,0 +1,152 @@
+"""Unit tests of the unival model: shapes, masks, incremental decoding and gradients, at tiny sizes."""
+import pytest
+import torch
+from fairseq.data import Dictionary
+
+from unival.models.position import grid_position_ids, image_relative_buckets, token_relative_buckets
+from unival.models.unival import UnivalConfig, UnivalModel, architecture_defaults
+
+
+def tiny_dictionary(size=60):
+    dictionary = Dictionary()
+    for index in range(size - len(dictionary)):
+        dictionary.add_symbol(f"w{index}")
+    return dictionary
+
+
+def tiny_model(**overrides):
+    values = architecture_defaults("unival_tiny")
+    values.update(encoder_embed_dim=64, decoder_embed_dim=64, encoder_ffn_embed_dim=128, decoder_ffn_embed_dim=128,
+                  dropout=0.0, encoder_drop_path_rate=0.0, decoder_drop_path_rate=0.0, image_bucket_size=8)
+    values.update(overrides)
+    torch.manual_seed(0)
+    return UnivalModel.from_config(UnivalConfig(**values), tiny_dictionary()).eval()
+
+
+def batch(size=2, text=5, target=4, image=64):
+    torch.manual_seed(1)
+    return {
+        "src_tokens": torch.randint(4, 60, (size, text)),
+        "src_lengths": torch.full((size,), text),
+        "prev_output_tokens": torch.cat([torch.zeros(size, 1, dtype=torch.long),
+                                         torch.randint(4, 60, (size, target - 1))], dim=1),
+        "patch_images": torch.randn(size, 3, image, image),
+        "patch_masks": torch.ones(size, dtype=torch.bool),
+    }
+
+
+def test_forward_shapes_and_encoder_layout():
+    model = tiny_model()
+    inputs = batch()
+    with torch.no_grad():
+        logits, extra = model(**inputs)
+        encoded = model.encoder(**{k: v for k, v in inputs.items() if k != "prev_output_tokens"})
+    assert logits.shape == (2, 4, 60)
+    assert torch.isfinite(logits).all()
+    # resnet18 stages 1-3 have stride 16: a 64 px image gives a 4x4 grid, placed before the 5 text tokens
+    assert encoded["encoder_out"][0].shape == (16 + 5, 2, 64)
+    assert encoded["encoder_padding_mask"][0].shape == (2, 21)
+    assert len(extra["inner_states"]) == 3
+
+
+def test_text_padding_does_not_change_the_result():
+    model = tiny_model()
+    inputs = batch(size=1)
+    padded = dict(inputs, src_tokens=torch.cat([inputs["src_tokens"], torch.ones(1, 3, dtype=torch.long)], dim=1))
+    with torch.no_grad():
+        plain, _ = model(**inputs)
+        with_padding, _ = model(**padded)
+    assert torch.allclose(plain, with_padding, atol=1e-5)
+
+
+def test_masked_image_is_ignored():
+    model = tiny_model()
+    inputs = batch()
+    inputs["patch_masks"] = torch.tensor([True, False])
+    other = dict(inputs, patch_images=torch.randn_like(inputs["patch_images"]))
+    with torch.no_grad():
+        first, _ = model(**inputs)
+        second, _ = model(**other)
+    assert torch.allclose(first[1], second[1], atol=1e-5), "sample without image must not see its pixels"
+    assert not torch.allclose(first[0], second[0], atol=1e-3), "sample with image must depend on it"
+
+
+def test_decoder_is_causal():
+    model = tiny_model()
+    inputs = batch(target=6)
+    changed = inputs["prev_output_tokens"].clone()
+    changed[:, 4:] = 7
+    with torch.no_grad():
+        first, _ = model(**inputs)
+        second, _ = model(**dict(inputs, prev_output_tokens=changed))
+    assert torch.allclose(first[:, :4], second[:, :4], atol=1e-5)
+
+
+def test_incremental_decoding_equals_full_decoding():
+    model = tiny_model()
+    inputs = batch(target=7)
+    tokens = inputs.pop("prev_output_tokens")
+    with torch.no_grad():
+        encoded = model.encoder(**inputs)
+        full, _ = model.decoder(tokens, encoded)
+        state = {}
+        steps = [model.decoder(tokens[:, :t], encoded, incremental_state=state)[0][:, -1] for t in range(1, 8)]
+    assert torch.allclose(torch.stack(steps, dim=1), full, atol=1e-5)
+
+
+def test_incremental_state_follows_beam_reordering():
+    model = tiny_model()
+    inputs = batch(target=3)
+    tokens = inputs.pop("prev_output_tokens")
+    order = torch.tensor([1, 0])
+    with torch.no_grad():
+        encoded = model.encoder(**inputs)
+        state = {}
+        for length in (1, 2):
+            model.decoder(tokens[:, :length], encoded, incremental_state=state)
+        model.decoder.reorder_incremental_state_scripting(state, order)
+        reordered = model.encoder.reorder_encoder_out(encoded, order)
+        step, _ = model.decoder(tokens[order, :3], reordered, incremental_state=state)
+        full, _ = model.decoder(tokens[order, :3], reordered)
+    assert torch.allclose(step[:, -1], full[:, -1], atol=1e-5)
+
+
+def test_gradient_reaches_every_trainable_parameter():
+    model = tiny_model(dropout=0.1).train()
+    logits, _ = model(**batch())
+    logits.logsumexp(-1).sum().backward()
+    # relative-position tables start at zero but still receive gradients
+    without_grad = [name for name, p in model.named_parameters() if p.requires_grad and
+                    (p.grad is None or p.grad.abs().sum() == 0)]
+    assert without_grad == []
+
+
+def test_embeddings_are_shared():
+    model = tiny_model()
+    assert model.encoder.embed_tokens.weight is model.decoder.embed_tokens.weight
+    assert model.decoder.output_projection.weight is model.encoder.embed_tokens.weight
+
+
+def test_position_grid_must_fit_bucket_grid():
+    assert grid_position_ids(2, 3, 4).tolist() == [1, 2, 3, 5, 6, 7]
+    with pytest.raises(ValueError, match="image-bucket-size"):
+        grid_position_ids(5, 5, 4)
+
+
+def test_relative_buckets():
+    buckets = token_relative_buckets(bucket_size=8, max_position=64)
+    # distances shorter than half the bucket size keep their own bucket: i - j + bucket_size - 1
+    assert buckets[10, 8] == 2 + 7 and buckets[8, 10] == -2 + 7
+    assert buckets.min() >= 0 and buckets.max() < 2 * 8 - 1
+    image = image_relative_buckets(3)
+    assert image.shape == (10, 10)
+    assert image[1, 1] == image[5, 5]  # same (0, 0) offset
+    assert image[0, 0] == (2 * 3 - 1) ** 2 + 2
+
+
+@pytest.mark.parametrize("name,low,high", [("unival_tiny", 10e6, 40e6), ("unival_base", 150e6, 300e6)])
+def test_architecture_sizes(name, low, high):
+    dictionary = tiny_dictionary(59457)
+    model = UnivalModel.from_config(UnivalConfig(**architecture_defaults(name)), dictionary)
+    count = sum(p.numel() for p in model.parameters())
+    assert low < count < high, f"{name}: {count / 1e6:.1f}M parameters"
