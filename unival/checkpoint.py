@@ -194,11 +194,15 @@ def build_from_checkpoint(state: Dict[str, Any], ema: bool = False, dictionary: 
 
 def load_checkpoint(path: Union[str, Path], ema: bool = False, dictionary: Optional[Dictionary] = None,
                     allow_unsafe: bool = False) -> UnivalModel:
-    """Builds the model stored in ``path`` (an original UnIVAL checkpoint or one of ours) in eval mode.
+    """Builds the model stored in ``path`` in eval mode: an original UnIVAL checkpoint, one written by
+    ``fairseq-train`` with this plugin, or a folder written by ``unival convert``.
 
     ``ema`` picks the exponential-moving-average weights; ``dictionary`` (optional) is the vocabulary the
     model was trained with, for decoding text; without it a placeholder of the right size is used.
     """
+    if Path(path).is_dir():
+        from unival.convert import load_safetensors
+        return load_safetensors(path, dictionary=dictionary)
     state = read_checkpoint(path, allow_unsafe=allow_unsafe)
     model, _ = build_from_checkpoint(state, ema=ema, dictionary=dictionary, source=str(path))
     return model.eval()

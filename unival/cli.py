@@ -8,6 +8,7 @@ SUBCOMMANDS = {
     "demo": ("unival.demo", "generate the demo corpus, train unival_tiny on it and compare before/after"),
     "make-demo-data": ("unival.demo_data_cli", "write the deterministic demo corpus (images, videos, audio)"),
     "evaluate": ("unival.evaluate", "score predictions (JSON or fairseq-generate output) against references"),
+    "convert": ("unival.convert", "export a checkpoint (original UnIVAL or ours) to safetensors + JSON config"),
 }
 
 

@@ -1,0 +1,120 @@
+"""Checkpoint loading: option mapping, EMA and fp16 weights, safe unpickling, strict errors, convert."""
+import argparse
+import copy
+
+import pytest
+import torch
+
+import unival
+from unival.checkpoint import CheckpointError, build_from_checkpoint, config_from_original, read_checkpoint
+from unival.cli import main as cli_main
+from unival.convert import load_safetensors
+
+
+@pytest.fixture(scope="module")
+def original(fixtures_dir):
+    folder = fixtures_dir / "unival_reference"
+    state = read_checkpoint(folder / "checkpoint.pt")
+    batch = torch.load(folder / "batch.pt", weights_only=True)["image"]
+    return folder / "checkpoint.pt", state, batch
+
+
+def logits_of(model, batch):
+    with torch.no_grad():
+        return model(**batch)[0]
+
+
+def test_original_options_are_mapped(original):
+    _, state, _ = original
+    cfg = config_from_original(state["cfg"]["model"])
+    assert (cfg.encoder_layers, cfg.decoder_layers, cfg.encoder_embed_dim, cfg.encoder_attention_heads) == (2, 2, 256, 4)
+    assert (cfg.encoder_ffn_embed_dim, cfg.image_bucket_size, cfg.token_bucket_size) == (1024, 16, 256)
+    assert (cfg.image_encoder, cfg.image_encoder_stages) == ("resnet50", 3)
+    assert not (cfg.no_attn_ln or cfg.no_ffn_ln or cfg.no_head_scale or cfg.no_type_embedding)
+    assert cfg.code_layernorm_embedding
+
+
+def test_unsupported_original_options_are_refused(original):
+    _, state, _ = original
+    args = copy.copy(state["cfg"]["model"])
+    args.scale_resids = True
+    with pytest.raises(CheckpointError, match="scale-resids"):
+        config_from_original(args)
+    args = copy.copy(state["cfg"]["model"])
+    args.disable_entangle, args.entangle_position_embedding = False, True
+    with pytest.raises(CheckpointError, match="entangled"):
+        config_from_original(args)
+
+
+def test_ema_weights_are_picked_on_request(original):
+    path, state, batch = original
+    state = copy.copy(state)
+    ema = {key: (value + 0.01 if value.is_floating_point() else value) for key, value in state["model"].items()}
+    state["extra_state"] = {"ema": ema}
+    plain, _ = build_from_checkpoint(state, ema=False)
+    averaged, _ = build_from_checkpoint(state, ema=True)
+    key = "encoder.layers.0.fc1.weight"
+    assert torch.equal(plain.state_dict()[key], state["model"][key])
+    assert torch.equal(averaged.state_dict()[key], ema[key])
+    with pytest.raises(CheckpointError, match="no EMA weights"):
+        unival.load_checkpoint(path, ema=True)
+
+
+def test_fp16_weights_are_upcast(original):
+    _, state, batch = original
+    half = dict(state, model={k: (v.half() if v.is_floating_point() else v) for k, v in state["model"].items()})
+    model, _ = build_from_checkpoint(half)
+    full, _ = build_from_checkpoint(state)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    difference = (logits_of(model.eval(), batch) - logits_of(full.eval(), batch)).abs().max()
+    assert 0 < difference < 0.1
+
+
+def test_mismatched_weights_list_every_difference(original):
+    _, state, _ = original
+    weights = dict(state["model"])
+    del weights["encoder.pos_ln.weight"]
+    weights["encoder.bogus.weight"] = torch.zeros(1)
+    weights["decoder.layer_norm.bias"] = torch.zeros(3)
+    with pytest.raises(CheckpointError) as error:
+        build_from_checkpoint(dict(state, model=weights), source="broken.pt")
+    message = str(error.value)
+    assert "broken.pt" in message and "missing (1): encoder.pos_ln.weight" in message
+    assert "unexpected (1): encoder.bogus.weight" in message
+    assert "decoder.layer_norm.bias: checkpoint (3,) vs model (256,)" in message
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_untrusted_pickle_is_not_executed(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="allow_unsafe"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    with pytest.warns(UserWarning, match="full unpickling"):
+        read_checkpoint(path, allow_unsafe=True)
+    assert marker.exists()
+
+
+def test_namespace_is_the_only_extra_type_original_checkpoints_need(original):
+    _, state, _ = original
+    assert isinstance(state["cfg"]["model"], argparse.Namespace)
+
+
+def test_convert_round_trip_gives_identical_outputs(original, tmp_path):
+    path, _, batch = original
+    assert cli_main(["convert", str(path), "--out", str(tmp_path / "converted")]) == 0
+    assert (tmp_path / "converted" / "model.safetensors").is_file()
+    reference = logits_of(unival.load_checkpoint(path), batch)
+    assert torch.equal(logits_of(load_safetensors(tmp_path / "converted"), batch), reference)
+    assert torch.equal(logits_of(unival.load_checkpoint(tmp_path / "converted"), batch), reference)

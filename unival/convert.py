@@ -1,0 +1,70 @@
+"""``unival convert``: exports a checkpoint (original UnIVAL or ours) to ``model.safetensors`` plus
+``config.json``, a format that loads without unpickling anything."""
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Union
+
+from fairseq.data import Dictionary
+from safetensors.torch import load_model, save_model
+
+from unival.checkpoint import CheckpointError, build_from_checkpoint, placeholder_dictionary, read_checkpoint
+from unival.models.unival import UnivalConfig, UnivalModel
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "unival-safetensors-1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def export_safetensors(model: UnivalModel, out_dir: Union[str, Path]) -> Path:
+    """Writes the model's weights and config into ``out_dir``; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"format": FORMAT, "vocab_size": len(model.encoder.dictionary),
+              "model": dataclasses.asdict(model.cfg)}
+    # Written under temporary names, then renamed: an interrupted export leaves no half-written model.
+    save_model(model, str(out / (WEIGHTS_FILE + ".tmp")))
+    (out / (CONFIG_FILE + ".tmp")).write_text(json.dumps(config, indent=2, sort_keys=True))
+    (out / (WEIGHTS_FILE + ".tmp")).replace(out / WEIGHTS_FILE)
+    (out / (CONFIG_FILE + ".tmp")).replace(out / CONFIG_FILE)
+    return out
+
+
+def load_safetensors(folder: Union[str, Path], dictionary: Optional[Dictionary] = None) -> UnivalModel:
+    """Builds the model exported by :func:`export_safetensors` (in eval mode)."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: not a folder written by `unival convert`")
+    config = json.loads(config_path.read_text())
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{config_path}: unknown format {config.get('format')!r} (expected {FORMAT})")
+    cfg = UnivalConfig(**config["model"])
+    vocab_size = config["vocab_size"]
+    if dictionary is None:
+        dictionary = placeholder_dictionary(vocab_size)
+    elif len(dictionary) != vocab_size:
+        raise CheckpointError(f"the dictionary has {len(dictionary)} symbols, the model {vocab_size}")
+    model = UnivalModel.from_config(cfg, dictionary)
+    missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=True)
+    return model.eval()
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint to convert (.pt of the original UnIVAL or of unival)")
+    parser.add_argument("--out", required=True, help="folder to write model.safetensors and config.json into")
+    parser.add_argument("--ema", action="store_true", help="export the EMA weights stored in the checkpoint")
+    parser.add_argument("--allow-unsafe-checkpoint", action="store_true",
+                        help="unpickle arbitrary objects (only for files you trust; can execute code)")
+
+
+def run(args) -> int:
+    state = read_checkpoint(args.checkpoint, allow_unsafe=args.allow_unsafe_checkpoint)
+    model, _ = build_from_checkpoint(state, ema=args.ema, source=args.checkpoint)
+    out = export_safetensors(model, args.out)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out / WEIGHTS_FILE} and {out / CONFIG_FILE} ({count / 1e6:.1f}M parameters)")
+    return 0
