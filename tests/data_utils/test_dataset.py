@@ -1,0 +1,250 @@
+"""Tests of the base dataset: samples from a task hook, OFA's batch layout, bad rows raised or skipped and
+counted, per-epoch shuffling and equal numbers of batches on every rank."""
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from fairseq.data import iterators
+from PIL import Image
+
+from unival.data_utils.dataset import BATCH_FIELDS, BatchField, UnivalDataset, pad_batches_to_multiple, stacked_media
+from unival.data_utils.media import MediaError, load_image
+from unival.data_utils.transforms import image_transform
+from unival.data_utils.tsv import TSVFormatError, TSVReader
+from unival.data_utils.vocab import GPT2BPE, build_unified_dictionary, normalize_caption
+
+PROMPT = " what is it?"
+WORDS = " a red circle blue square green triangle"
+SIZE = 16
+
+
+class TinyCaptionDataset(UnivalDataset):
+    """Rows ``id, caption, image`` (``-`` for no image)."""
+
+    transform = staticmethod(image_transform(SIZE, train=False))
+
+    def build_sample(self, row, index):
+        uniq_id, text, image = row
+        caption = normalize_caption(text, 10)
+        if not caption:
+            raise ValueError(f"empty caption {text!r}")
+        target, prev_output_tokens = self.target_and_prev_output_tokens(
+            self.encode(" " + caption, length=self.max_tgt_length))
+        sample = {"id": uniq_id, "source": self.encode(PROMPT, append_bos=True, append_eos=True),
+                  "target": target, "prev_output_tokens": prev_output_tokens, "references": [caption]}
+        if image != "-":
+            sample["patch_image"] = self.transform(load_image(image, self.data_dir))
+            sample["patch_mask"] = torch.tensor(True)
+        return sample
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return GPT2BPE()
+
+
+@pytest.fixture(scope="module")
+def dictionary(bpe):
+    return build_unified_dictionary(corpus_texts=[PROMPT, WORDS], bpe=bpe, code_dict_size=4, num_bins=10)
+
+
+def image_field(colour) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return base64.urlsafe_b64encode(buffer.getvalue()).decode()
+
+
+def write_tsv(path, rows):
+    path.write_text("".join("\t".join(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def make_dataset(tmp_path, rows, dictionary, bpe, **kwargs):
+    path = write_tsv(tmp_path / "train.tsv", rows)
+    return TinyCaptionDataset("train", TSVReader(path, cache_index=False), dictionary, bpe, str(tmp_path), **kwargs)
+
+
+GOOD_ROWS = [
+    ["r0", "A red circle, blue.", image_field((255, 0, 0))],
+    ["r1", "a blue square", image_field((0, 0, 255))],
+    ["r2", "green", "-"],
+]
+
+
+def test_collater_builds_ofa_batch(tmp_path, dictionary, bpe):
+    dataset = make_dataset(tmp_path, GOOD_ROWS, dictionary, bpe)
+    samples = [dataset[i] for i in range(3)]
+    batch = dataset.collater(samples)
+    pad, bos, eos = dictionary.pad(), dictionary.bos(), dictionary.eos()
+    net_input = batch["net_input"]
+
+    assert batch["id"].tolist() == [0, 1, 2] and batch["id"].dtype == torch.long
+    assert batch["uniq_ids"] == ["r0", "r1", "r2"]
+    assert batch["nsentences"] == 3 and batch["num_skipped"] == 0
+    assert batch["references"] == [["a red circle blue"], ["a blue square"], ["green"]]
+
+    source = samples[0]["source"]
+    assert source[0] == bos and source[-1] == eos
+    assert net_input["src_tokens"].tolist() == [source.tolist()] * 3
+    assert net_input["src_lengths"].tolist() == [len(source)] * 3
+
+    lengths = [len(sample["target"]) for sample in samples]
+    assert lengths == [5, 4, 2]  # one BPE token a word, + </s>
+    assert batch["ntokens"] == sum(lengths)
+    for i, sample in enumerate(samples):
+        assert batch["target"][i, :lengths[i]].tolist() == sample["target"].tolist()
+        assert batch["target"][i, lengths[i]:].tolist() == [pad] * (5 - lengths[i])
+        assert net_input["prev_output_tokens"][i, :lengths[i]].tolist() == sample["prev_output_tokens"].tolist()
+        assert net_input["prev_output_tokens"][i, lengths[i]:].tolist() == [pad] * (5 - lengths[i])
+    assert net_input["prev_output_tokens"][:, 0].tolist() == [bos] * 3
+    assert batch["target"][0, 4] == eos and batch["target"][1, 3] == eos
+
+    images = net_input["patch_images"]
+    assert images.shape == (3, 3, SIZE, SIZE)
+    ones = torch.ones(SIZE, SIZE)
+    assert torch.allclose(images[0, 0], ones) and torch.allclose(images[0, 2], -ones)
+    assert torch.allclose(images[1, 2], torch.ones(SIZE, SIZE))
+    assert torch.equal(images[2], torch.zeros(3, SIZE, SIZE))
+    assert net_input["patch_masks"].tolist() == [True, True, False]
+    assert net_input["patch_types"].tolist() == [0, 0, 0]
+    assert "conf" not in batch
+
+
+def test_collater_confidence_and_text_only(dictionary):
+    dataset = TinyCaptionDataset.__new__(TinyCaptionDataset)
+    dataset.pad, dataset.eos = dictionary.pad(), dictionary.eos()
+    samples = [{"id": "q1", "index": 4, "source": torch.tensor([0, 9, 2]), "target": torch.tensor([7, 2]),
+                "prev_output_tokens": torch.tensor([0, 7]), "conf": torch.tensor([0.3])},
+               {"id": "q2", "index": 8, "source": torch.tensor([0, 2]), "target": torch.tensor([2]),
+                "prev_output_tokens": torch.tensor([0])}]
+    batch = dataset.collater(samples)
+    assert torch.allclose(batch["conf"], torch.tensor([0.3, 1.0]))
+    assert batch["net_input"]["src_tokens"].tolist() == [[0, 9, 2], [0, 2, 1]]
+    assert batch["net_input"]["src_lengths"].tolist() == [3, 2]
+    assert "patch_images" not in batch["net_input"]
+    assert batch["net_input"]["patch_masks"].tolist() == [False, False]
+    assert batch["ntokens"] == 3
+
+
+def test_collater_extends_with_new_media(dictionary):
+    class VideoDataset(TinyCaptionDataset):
+        batch_fields = {**BATCH_FIELDS, "patch_videos": BatchField(("patch_video",), stacked_media("patch_video"))}
+        media_keys = ("patch_image", "patch_video")
+
+    dataset = VideoDataset.__new__(VideoDataset)
+    dataset.pad, dataset.eos = dictionary.pad(), dictionary.eos()
+    video = torch.ones(2, 3, 4, 4)
+    samples = [{"index": 0, "source": torch.tensor([0, 2]), "target": torch.tensor([2]),
+                "prev_output_tokens": torch.tensor([0]), "patch_video": video, "patch_type": 1},
+               {"index": 1, "source": torch.tensor([0, 2]), "target": torch.tensor([2]),
+                "prev_output_tokens": torch.tensor([0]), "patch_image": torch.ones(3, 4, 4)}]
+    net_input = dataset.collater(samples)["net_input"]
+    assert torch.equal(net_input["patch_videos"], torch.stack([video, torch.zeros_like(video)]))
+    assert torch.equal(net_input["patch_images"], torch.stack([torch.zeros(3, 4, 4), torch.ones(3, 4, 4)]))
+    assert net_input["patch_masks"].tolist() == [True, True]
+    assert net_input["patch_types"].tolist() == [1, 0]
+
+
+BAD_ROWS = GOOD_ROWS[:2] + [
+    ["r3", "a red square", "images/missing.png"],
+    ["r4", "only two columns"],
+    ["r5", "?!", image_field((0, 255, 0))],
+    ["r6", "square", "-"],
+]
+
+
+def test_bad_rows_raise_with_file_and_line(tmp_path, dictionary, bpe):
+    dataset = make_dataset(tmp_path, BAD_ROWS, dictionary, bpe)
+    path = dataset.reader.path
+    with pytest.raises(MediaError) as info:
+        dataset[2]
+    assert str(info.value).startswith(f"{path}:3: file not found: {tmp_path / 'images' / 'missing.png'}")
+    with pytest.raises(TSVFormatError) as info:
+        dataset[3]
+    assert str(info.value).startswith(f"{path}:4: expected 3 columns, got 2")
+    assert str(info.value).count(path) == 1
+    with pytest.raises(ValueError, match=f"^{path}:5: empty caption '\\?!'$"):
+        dataset[4]
+    assert dataset.num_skipped == 0
+
+
+def test_bad_rows_skipped_and_counted(tmp_path, dictionary, bpe):
+    dataset = make_dataset(tmp_path, BAD_ROWS, dictionary, bpe, skip_bad_rows=True)
+    path = dataset.reader.path
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert [sample is None for sample in samples] == [False, False, True, True, True, False]
+    assert dataset.num_skipped == 3
+    assert [line for line, _ in dataset.skipped_rows] == [3, 4, 5]
+    assert dataset.skipped_rows[1][1].startswith(f"{path}:4: expected 3 columns, got 2")
+    assert dataset.skipped_summary() == f"{path}: skipped 3 bad rows (lines 3, 4, 5)"
+
+    batch = dataset.collater(samples)
+    assert batch["nsentences"] == 3 and batch["num_skipped"] == 3
+    assert batch["id"].tolist() == [0, 1, 5]
+    assert dataset.collater([samples[2], samples[3]]) == {}
+
+
+def test_skipped_rows_listed_up_to_twenty(tmp_path, dictionary, bpe):
+    rows = [["r", "?", "-"]] * 25 + [["ok", "red", "-"]]
+    dataset = make_dataset(tmp_path, rows, dictionary, bpe, skip_bad_rows=True)
+    assert sum(dataset[i] is None for i in range(len(dataset))) == 25
+    assert dataset.num_skipped == 25 and len(dataset.skipped_rows) == 20
+    assert dataset.skipped_summary().endswith("skipped 25 bad rows (lines " + ", ".join(map(str, range(1, 21)))
+                                              + ", ...)")
+
+
+def test_shuffle_depends_on_seed_and_epoch(tmp_path, dictionary, bpe):
+    rows = [[f"r{i}", "red", "-"] for i in range(50)]
+    dataset = make_dataset(tmp_path, rows, dictionary, bpe, seed=7)
+    assert dataset.can_reuse_epoch_itr_across_epochs is False
+    dataset.set_epoch(1)
+    first = dataset.ordered_indices()
+    assert np.array_equal(first, np.random.RandomState([7, 1]).permutation(50))
+    assert np.array_equal(dataset.ordered_indices(), first)
+    dataset.set_epoch(2)
+    second = dataset.ordered_indices()
+    assert sorted(second.tolist()) == list(range(50)) and not np.array_equal(second, first)
+    other_seed = make_dataset(tmp_path, rows, dictionary, bpe, seed=8)
+    other_seed.set_epoch(2)
+    assert not np.array_equal(other_seed.ordered_indices(), second)
+    in_order = make_dataset(tmp_path, rows, dictionary, bpe, shuffle=False)
+    in_order.set_epoch(3)
+    assert in_order.ordered_indices().tolist() == list(range(50))
+
+
+def test_sizes_are_bounds(tmp_path, dictionary, bpe):
+    dataset = make_dataset(tmp_path, GOOD_ROWS, dictionary, bpe, max_src_length=40, max_tgt_length=12)
+    assert dataset.size(0) == (40, 12) and dataset.num_tokens(2) == 40
+    assert dataset.num_tokens_vec(np.arange(3)).tolist() == [40, 40, 40]
+
+
+def test_pad_batches_to_multiple():
+    batches = [np.array([i, i + 10]) for i in range(5)]
+    padded = pad_batches_to_multiple(batches, 4)
+    assert [b.tolist() for b in padded] == [b.tolist() for b in batches + batches[:3]]
+    assert [b.tolist() for b in pad_batches_to_multiple(batches, 5)] == [b.tolist() for b in batches]
+    assert [b.tolist() for b in pad_batches_to_multiple(batches, 1)] == [b.tolist() for b in batches]
+    one = [np.array([3])]
+    assert [b.tolist() for b in pad_batches_to_multiple(one, 3)] == [[3], [3], [3]]
+    assert [b.tolist() for b in pad_batches_to_multiple([np.array([1]), np.array([], dtype=np.int64)], 2)] == [
+        [1], [1]]
+    assert pad_batches_to_multiple([], 4) == []
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument")
+def test_every_rank_gets_the_same_nonempty_batches(tmp_path, dictionary, bpe):
+    rows = [[f"r{i}", "red circle", "-"] for i in range(10)]
+    dataset = make_dataset(tmp_path, rows, dictionary, bpe)
+    dataset.num_shards = 3
+    dataset.set_epoch(1)
+    batches = dataset.batch_by_size(dataset.ordered_indices(), max_sentences=3)
+    assert [len(b) for b in batches] == [3, 3, 3, 1, 3, 3]
+    per_rank = []
+    for shard_id in range(3):
+        epoch_iter = iterators.EpochBatchIterator(dataset, dataset.collater, batches, seed=1, num_shards=3,
+                                                  shard_id=shard_id, epoch=1)
+        per_rank.append([batch["nsentences"] for batch in epoch_iter.next_epoch_itr(shuffle=True)])
+    assert [len(sizes) for sizes in per_rank] == [2, 2, 2]
+    assert all(size > 0 for sizes in per_rank for size in sizes)
