@@ -27,3 +27,19 @@ def allow_checkpoint_types() -> None:
 
 
 allow_checkpoint_types()
+
+
+def restore_log_level() -> None:
+    """fairseq's wav2vec2_classification module sets the root logger to DEBUG when imported, which floods
+    training logs with PIL's chunk-by-chunk PNG messages; put the level fairseq's CLIs ask for back."""
+    import logging
+    import os
+
+    wanted = getattr(logging, os.environ.get("LOGLEVEL", "INFO").upper(), logging.INFO)
+    if logging.root.level < wanted:
+        logging.root.setLevel(wanted)
+
+
+import fairseq.models  # noqa: E402  (the import that changes the log level)
+
+restore_log_level()

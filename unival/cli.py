@@ -7,6 +7,7 @@ import sys
 SUBCOMMANDS = {
     "demo": ("unival.demo", "generate the demo corpus, train unival_tiny on it and compare before/after"),
     "make-demo-data": ("unival.demo_data_cli", "write the deterministic demo corpus (images, videos, audio)"),
+    "train": ("unival.train", "run fairseq-train with the options of a YAML config from configs/"),
     "evaluate": ("unival.evaluate", "score predictions (JSON or fairseq-generate output) against references"),
     "convert": ("unival.convert", "export a checkpoint (original UnIVAL or ours) to safetensors + JSON config"),
 }
@@ -26,8 +27,12 @@ def build_parser(argv) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Everything after `--` is passed through untouched (e.g. extra fairseq-train options of `unival train`).
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    args.passthrough = passthrough
     if args.command is None:
         parser.print_help()
         return 0

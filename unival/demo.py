@@ -1,0 +1,103 @@
+"""``unival demo``: the main job at toy scale. Writes the demo corpus, scores an untrained ``unival_tiny``
+on test captioning, trains it with fairseq-train, scores it again and prints both."""
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from unival.train import train_command
+
+logger = logging.getLogger(__name__)
+
+TASKS = {
+    # demo task -> (config, evaluation split)
+    "caption": ("caption/demo", "test"),
+}
+MAIN_METRICS = ("CIDEr", "BLEU-4", "METEOR", "ROUGE_L")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", required=True, help="folder for the corpus, checkpoints and results")
+    parser.add_argument("--task", default="caption", choices=sorted(TASKS), help="demo task to train")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the corpus and of training")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and evaluation")
+    parser.add_argument("--max-epoch", type=int, default=None, help="override the config's number of epochs")
+
+
+def ensure_corpus(folder: Path, seed: int) -> None:
+    from unival.data_utils.demo_corpus import write_demo_corpus
+
+    manifest = folder / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("seed") == seed:
+        print(f"[demo] reusing the demo corpus in {folder}")
+        return
+    start = time.time()
+    print(f"[demo] writing the demo corpus to {folder}", flush=True)
+    write_demo_corpus(folder, seed=seed)
+    print(f"[demo] corpus written in {time.time() - start:.0f} s", flush=True)
+
+
+def score(model, task, split: str, title: str) -> dict:
+    from unival.generate import generate_split
+    from unival.metrics import score_captions
+
+    start = time.time()
+    predictions, references = generate_split(model, task, split, beam=5, max_len=16)
+    result = score_captions(predictions, references)
+    example = next(iter(predictions))
+    print(f"[demo] {title}: {len(predictions)} test images scored in {time.time() - start:.0f} s; "
+          f"e.g. {predictions[example]!r} (reference {references[example][0]!r})", flush=True)
+    return {"scores": dict(result.scores), "skipped": dict(result.skipped), "example": predictions[example]}
+
+
+def print_table(before: dict, after: dict) -> None:
+    names = [name for name in MAIN_METRICS if name in after["scores"]]
+    names += sorted(set(after["scores"]) - set(names))
+    print("\n metric    | untrained | trained")
+    print("-----------+-----------+--------")
+    for name in names:
+        print(f" {name:<9} | {100 * before['scores'][name]:9.1f} | {100 * after['scores'][name]:7.1f}")
+    for name, reason in after["skipped"].items():
+        print(f" {name:<9} | skipped: {reason}")
+    print("(scores x 100)")
+
+
+def run(args) -> int:
+    from unival.generate import build_untrained, load_trained
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out).resolve()
+    data, save_dir = out / "data", out / args.task
+    config, split = TASKS[args.task]
+    ensure_corpus(data, args.seed)
+
+    extra = ["--seed", str(args.seed)]
+    if args.max_epoch is not None:
+        extra += ["--max-epoch", str(args.max_epoch)]
+    command = train_command(config, str(data), str(save_dir), extra)
+
+    print("[demo] scoring the untrained model", flush=True)
+    model, task = build_untrained(command[1:])
+    before = score(model, task, split, "untrained")
+
+    print("[demo] training: " + " ".join(command), flush=True)
+    start = time.time()
+    env_command = [str(Path(sys.executable).with_name("fairseq-train"))] + command[1:]
+    status = subprocess.call(env_command, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if status != 0:
+        print(f"[demo] fairseq-train failed with exit status {status}", file=sys.stderr)
+        return status
+    minutes = (time.time() - start) / 60
+
+    model, task = load_trained(str(save_dir / "checkpoint_best.pt"))
+    after = score(model, task, split, "trained")
+    print_table(before, after)
+    results = {"task": args.task, "train_minutes": round(minutes, 1), "untrained": before, "trained": after}
+    (out / f"results_{args.task}.json").write_text(json.dumps(results, indent=2))
+    print(f"[demo] trained in {minutes:.1f} min; results in {out / f'results_{args.task}.json'}")
+    return 0

@@ -1,0 +1,90 @@
+"""``unival train CONFIG``: turns a YAML experiment config into a ``fairseq-train`` command and runs it.
+
+A config is a flat map of fairseq-train options (``lr: 1.0e-4``, ``arch: unival_tiny``); ``includes`` lists
+configs it builds on (paths relative to it), later keys winning. Paths and hardware come from the command
+line, hyperparameters from the YAML.
+"""
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+import unival
+
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+if not CONFIG_ROOT.is_dir():  # source checkout: configs/ sits beside the package
+    CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+
+
+def find_config(name: str) -> Path:
+    """A config file path, or a name under the shipped configs folder (``caption/demo``)."""
+    candidates = [Path(name), CONFIG_ROOT / name, CONFIG_ROOT / f"{name}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    raise FileNotFoundError(f"config {name!r} not found (looked at {', '.join(str(p) for p in candidates)})")
+
+
+def load_config(path: Path, _seen=()) -> Dict[str, Any]:
+    """Options of a config with its ``includes`` merged in (included first, this file's keys winning)."""
+    if path in _seen:
+        raise ValueError(f"{path}: includes itself through {' -> '.join(map(str, _seen))}")
+    with open(path) as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a map of fairseq-train options, got {type(data).__name__}")
+    merged: Dict[str, Any] = {}
+    for include in data.pop("includes", []) or []:
+        merged.update(load_config((path.parent / include).resolve(), _seen + (path,)))
+    merged.update(data)
+    return merged
+
+
+def options_to_argv(options: Dict[str, Any]) -> List[str]:
+    """``{"max_epoch": 5, "fp16": True, "adam_betas": "(0.9,0.999)"}`` -> fairseq-train arguments."""
+    argv: List[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag] + [str(item) for item in value]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def plugin_dir() -> str:
+    """The folder to give ``--user-dir``: the imported unival package."""
+    return str(Path(unival.__file__).resolve().parent)
+
+
+def train_command(config: str, data: str, save_dir: str, extra: Optional[List[str]] = None) -> List[str]:
+    options = load_config(find_config(config))
+    options.pop("command", None)
+    argv = [data, "--user-dir", plugin_dir(), "--save-dir", save_dir] + options_to_argv(options)
+    return ["fairseq-train"] + argv + list(extra or [])
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", help="YAML config: a path or a name under configs/ such as caption/demo")
+    parser.add_argument("--data", required=True, help="folder holding the split TSVs")
+    parser.add_argument("--save-dir", required=True, help="folder for checkpoints and logs")
+    parser.add_argument("--dry-run", action="store_true", help="print the fairseq-train command and stop")
+    parser.epilog = "More fairseq-train options can follow `--`, e.g. `-- --max-epoch 2 --lr 5e-4`."
+
+
+def run(args) -> int:
+    command = train_command(args.config, args.data, args.save_dir, args.passthrough)
+    print("+ " + " ".join(shlex.quote(part) for part in command), flush=True)
+    if args.dry_run:
+        return 0
+    executable = Path(sys.executable).with_name("fairseq-train")
+    command[0] = str(executable) if executable.exists() else command[0]
+    return subprocess.call(command, env=dict(os.environ))
