@@ -4,6 +4,7 @@ disentangled position biases (absolute biases from position embeddings, plus 1-D
 
 Module names follow the original UnIVAL code so that its checkpoints load with ``load_state_dict``.
 """
+import argparse
 import logging
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
@@ -335,7 +336,20 @@ class UnivalModel(FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg: UnivalConfig, task) -> "UnivalModel":
+        if isinstance(cfg, argparse.Namespace) and hasattr(cfg, "image_encoder_name"):
+            # A checkpoint of the original code, loaded through fairseq (fairseq-generate --path, --restore-file).
+            from unival.checkpoint import config_from_original
+            cfg = config_from_original(cfg)
         return cls.from_config(cfg, task.source_dictionary)
+
+    def upgrade_state_dict_named(self, state_dict: Dict[str, Tensor], name: str) -> None:
+        """Drops the buffers the original stores but this model recomputes, when fairseq loads a checkpoint."""
+        from unival.checkpoint import without_derived_entries
+        prefix = f"{name}." if name else ""
+        kept = without_derived_entries(state_dict, self.cfg, prefix)
+        for key in [key for key in state_dict if key not in kept]:
+            del state_dict[key]
+        super().upgrade_state_dict_named(state_dict, name)
 
     @classmethod
     def from_config(cls, cfg: UnivalConfig, dictionary) -> "UnivalModel":

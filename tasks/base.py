@@ -4,7 +4,7 @@ shards, generation that starts from ``<s>``, and logging of skipped rows. Tasks 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, Iterator, List, Optional
 
 import torch
 from fairseq import metrics
@@ -13,7 +13,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
 from omegaconf import II
 
-from unival.data_utils.tsv import TSVReader
+from unival.data_utils.tsv import TSVFormatError, TSVReader
 from unival.data_utils.vocab import GPT2BPE, build_unified_dictionary, decode_tokens, default_bpe_files
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,16 @@ class UnivalTaskConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
+def readable_rows(reader: TSVReader, skip_bad_rows: bool) -> Iterator[List[str]]:
+    """Every row of ``reader``; malformed ones raise (naming file and line) unless ``skip_bad_rows``."""
+    for index in range(len(reader)):
+        try:
+            yield reader.row(index)
+        except TSVFormatError:
+            if not skip_bad_rows:
+                raise
+
+
 class UnivalTask(FairseqTask):
     """Base of the unival tasks: subclasses define ``build_dataset`` and ``corpus_texts``."""
 
@@ -72,7 +82,8 @@ class UnivalTask(FairseqTask):
         else:
             train_path = cls.split_path(cfg, cfg.train_subset)
             logger.info("no --dict-file: building the vocabulary from %s", train_path)
-            texts = cls.corpus_texts(TSVReader(str(train_path), selected_cols=cls.parse_columns(cfg)))
+            reader = TSVReader(str(train_path), selected_cols=cls.parse_columns(cfg))
+            texts = cls.corpus_texts(readable_rows(reader, cfg.skip_bad_rows))
             dictionary = build_unified_dictionary(corpus_texts=texts, bpe=bpe, code_dict_size=cfg.code_dict_size,
                                                   num_bins=cfg.num_bins)
         logger.info("dictionary: %d symbols", len(dictionary))
@@ -91,7 +102,7 @@ class UnivalTask(FairseqTask):
         return GPT2BPE(str(encoder_json), str(vocab_bpe))
 
     @classmethod
-    def corpus_texts(cls, reader: TSVReader) -> Iterable[str]:
+    def corpus_texts(cls, rows: Iterable[List[str]]) -> Iterable[str]:
         """Texts of a split that the vocabulary must cover (used when no dict.txt is given)."""
         raise NotImplementedError
 

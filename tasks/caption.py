@@ -15,7 +15,7 @@ from unival.data_utils.transforms import image_transform
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import normalize_caption
 from unival.metrics import cider_d, cider_document_frequency
-from unival.tasks.base import UnivalTask, UnivalTaskConfig
+from unival.tasks.base import UnivalTask, UnivalTaskConfig, readable_rows
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +73,9 @@ class CaptionTask(UnivalTask):
         self.document_frequency = {}
 
     @classmethod
-    def corpus_texts(cls, reader: TSVReader) -> Iterable[str]:
+    def corpus_texts(cls, rows: Iterable[List[str]]) -> Iterable[str]:
         yield PROMPT
-        for index in range(len(reader)):
-            row = reader.row(index)
+        for row in rows:
             for caption in row[2].split(REFERENCE_SEPARATOR):
                 yield " " + normalize_caption(caption, 10_000)
 
@@ -93,8 +92,8 @@ class CaptionTask(UnivalTask):
             max_caption_words=self.cfg.max_caption_words,
         )
         if not training and self.cfg.eval_cider:
-            references = [[normalize_caption(text, self.cfg.max_caption_words)
-                           for text in reader.row(i)[2].split(REFERENCE_SEPARATOR)] for i in range(len(reader))]
+            references = [[normalize_caption(text, self.cfg.max_caption_words) for text in row[2].split(REFERENCE_SEPARATOR)]
+                          for row in readable_rows(reader, self.cfg.skip_bad_rows)]
             # CIDEr-D weighs n-grams by their rarity among the references of the split being validated.
             self.document_frequency[split] = cider_document_frequency(references)
         return dataset

@@ -138,6 +138,15 @@ def _check_derived_buffers(state: Dict[str, torch.Tensor], cfg: UnivalConfig) ->
                                       "checkpoint's configuration: its position scheme is not supported")
 
 
+def without_derived_entries(weights: Dict[str, torch.Tensor], cfg: UnivalConfig, prefix: str = "") -> Dict:
+    """``weights`` less the buffers this project recomputes (checked first) and the unused classifier."""
+    _check_derived_buffers({key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)},
+                           cfg)
+    unused = tuple(prefix + name for name in UNUSED_PREFIXES)
+    return {key: value for key, value in weights.items()
+            if key.rsplit(".", 1)[-1] not in DERIVED_BUFFERS and not key.startswith(unused)}
+
+
 def model_state_from_checkpoint(state: Dict[str, Any], cfg: UnivalConfig, ema: bool) -> Dict[str, torch.Tensor]:
     """The weights to load: the model's or the EMA copy's, float32, derived and unused entries removed."""
     weights = state["model"]
@@ -146,13 +155,8 @@ def model_state_from_checkpoint(state: Dict[str, Any], cfg: UnivalConfig, ema: b
         if not extra.get("ema"):
             raise CheckpointError("ema=True but the checkpoint holds no EMA weights (extra_state['ema'])")
         weights = extra["ema"]
-    _check_derived_buffers(weights, cfg)
-    cleaned = {}
-    for key, value in weights.items():
-        if key.rsplit(".", 1)[-1] in DERIVED_BUFFERS or key.startswith(UNUSED_PREFIXES):
-            continue
-        cleaned[key] = value.float() if value.is_floating_point() else value
-    return cleaned
+    return {key: value.float() if value.is_floating_point() else value
+            for key, value in without_derived_entries(weights, cfg).items()}
 
 
 def load_strict(model: torch.nn.Module, weights: Dict[str, torch.Tensor], source: str) -> None:

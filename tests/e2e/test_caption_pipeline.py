@@ -1,0 +1,94 @@
+"""End to end through the real command lines: fairseq-train (with resume), fairseq-generate and
+`unival evaluate` on a small demo corpus; and training must lift CIDEr far above the untrained model's."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unival.data_utils.demo_corpus import write_demo_corpus
+from unival.train import plugin_dir
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+TRAIN_OPTIONS = [
+    "--task", "caption", "--tsv-prefix", "caption", "--arch", "unival_tiny", "--patch-image-size", "64",
+    "--max-src-length", "30", "--max-tgt-length", "20", "--batch-size", "16", "--optimizer", "adam",
+    "--lr", "1e-3", "--lr-scheduler", "polynomial_decay", "--warmup-updates", "10", "--total-num-update", "200",
+    "--clip-norm", "1.0", "--criterion", "adjust_label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+    "--encoder-drop-path-rate", "0", "--decoder-drop-path-rate", "0", "--eval-beam", "2", "--eval-max-len", "16",
+    "--num-workers", "0", "--log-format", "simple", "--log-interval", "10", "--seed", "3",
+    "--best-checkpoint-metric", "cider", "--maximize-best-checkpoint-metric",
+]
+
+
+def run(command, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{command[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo") / "data"
+    write_demo_corpus(folder, seed=5, num_images=(96, 16, 24), modalities=("image",))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("run")
+    train = [str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir", str(save_dir)]
+    first = run(train + TRAIN_OPTIONS + ["--max-epoch", "1"], save_dir)
+    # a second call continues from checkpoint_last.pt: an interrupted run resumes where it stopped
+    second = run(train + TRAIN_OPTIONS + ["--max-epoch", "3"], save_dir)
+    logs = first.stderr + first.stdout, second.stderr + second.stdout
+    (save_dir / "first.log").write_text(logs[0])
+    (save_dir / "second.log").write_text(logs[1])
+    return (save_dir,) + logs
+
+
+def test_training_logs_validation_cider_and_resumes(trained):
+    save_dir, first_log, second_log = trained
+    assert "valid on 'valid' subset" in first_log and "| cider " in first_log
+    resumed = re.search(r"Loaded checkpoint \S+checkpoint_last.pt \(epoch (\d+) @ (\d+) updates\)", second_log)
+    assert resumed and int(resumed.group(2)) == 30, "96 images x 5 captions / 16 per batch = 30 updates"
+    assert "| epoch 003 |" in second_log and "| epoch 001 |" not in second_log
+    assert (save_dir / "checkpoint_best.pt").is_file() and (save_dir / "checkpoint_last.pt").is_file()
+    assert not list(save_dir.glob("*.tmp")), "checkpoints are written through a temporary file"
+
+
+def test_generate_and_evaluate_from_the_command_line(corpus, trained, tmp_path):
+    save_dir, _, _ = trained
+    result = run([str(BIN / "fairseq-generate"), str(corpus), "--user-dir", plugin_dir(), "--task", "caption",
+                  "--tsv-prefix", "caption", "--patch-image-size", "64", "--path", str(save_dir / "checkpoint_best.pt"),
+                  "--gen-subset", "test", "--beam", "5", "--max-len-b", "16", "--no-repeat-ngram-size", "3",
+                  "--batch-size", "8"], tmp_path)
+    hypotheses = [line for line in result.stdout.splitlines() if line.startswith("D-")]
+    assert len(hypotheses) == 24
+    (tmp_path / "gen.out").write_text(result.stdout)
+    run([str(BIN / "unival"), "evaluate", "--task", "caption", "--predictions", str(tmp_path / "gen.out"),
+         "--references", str(corpus / "caption_test.tsv"), "--metrics", "BLEU", "CIDEr", "--output",
+         str(tmp_path / "scores.json")], tmp_path)
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["num_predictions"] == 24
+    assert 0 <= scores["scores"]["BLEU-4"] <= 1 and scores["scores"]["CIDEr"] > 0
+
+
+def test_training_lifts_cider_far_above_the_untrained_model(corpus, trained):
+    from unival.generate import build_untrained, generate_split, load_trained
+    from unival.metrics import score_captions
+
+    save_dir, _, _ = trained
+    argv = [str(corpus), "--user-dir", plugin_dir()] + TRAIN_OPTIONS
+    untrained, task = build_untrained(argv)
+    before = score_captions(*generate_split(untrained, task, "test", beam=2, max_len=16), metrics=("CIDEr",))
+    model, task = load_trained(str(save_dir / "checkpoint_best.pt"), {"patch_image_size": 64})
+    after = score_captions(*generate_split(model, task, "test", beam=2, max_len=16), metrics=("CIDEr",))
+    assert before.scores["CIDEr"] < 0.1
+    assert after.scores["CIDEr"] > 0.5, after.scores

@@ -1,0 +1,138 @@
+"""The caption task: token ids of prompt and target, references, vocabulary from the corpus, bad rows."""
+import base64
+import io
+
+import pytest
+from fairseq import metrics
+from fairseq.data import Dictionary
+from PIL import Image
+
+from unival.data_utils.vocab import GPT2BPE
+from unival.tasks.caption import CaptionConfig, CaptionTask
+
+
+def png_base64(colour=(200, 30, 30), size=40) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def write_split(folder, split, rows):
+    path = folder / f"caption_{split}.tsv"
+    path.write_text("".join("\t".join(row) + "\n" for row in rows))
+    return path
+
+
+def make_task(folder, **overrides):
+    values = dict(data=str(folder), tsv_prefix="caption", patch_image_size=32, train_subset="train",
+                  valid_subset="valid", seed=1, eval_cider=False)
+    values.update(overrides)
+    return CaptionTask.setup_task(CaptionConfig(**values))
+
+
+GOOD = [["1", "10", "A red circle.", "", png_base64()], ["2", "11", "a green square", "", png_base64((0, 200, 0))]]
+
+
+def test_prompt_and_target_ids_match_barts_dictionary(tmp_path, gpt2_bpe_dir):
+    write_split(tmp_path, "train", GOOD)
+    task = make_task(tmp_path, dict_file=str(gpt2_bpe_dir / "dict.txt"))
+    task.load_dataset("train")
+    batch = task.dataset("train").collater([task.dataset("train")[0]])
+    # " what does the image describe?" in BART's ids, between <s> and </s>
+    assert batch["net_input"]["src_tokens"][0].tolist() == [0, 99, 473, 5, 2274, 6190, 116, 2]
+    bart = Dictionary.load(str(gpt2_bpe_dir / "dict.txt"))
+    bpe = GPT2BPE()
+    caption = bart.encode_line(bpe.encode(" a red circle"), add_if_not_exist=False, append_eos=False).tolist()
+    assert batch["target"][0].tolist() == caption + [2]  # punctuation removed, lowercased
+    assert batch["net_input"]["prev_output_tokens"][0].tolist() == [0] + caption
+    assert batch["net_input"]["patch_images"].shape == (1, 3, 32, 32)
+    assert batch["uniq_ids"] == ["1"]
+
+
+def test_vocabulary_from_the_corpus_covers_every_caption_and_the_prompt(tmp_path):
+    write_split(tmp_path, "train", GOOD)
+    task = make_task(tmp_path)
+    task.load_dataset("train")
+    dataset = task.dataset("train")
+    batch = dataset.collater([dataset[0], dataset[1]])
+    unk = task.dictionary.unk()
+    assert not (batch["target"] == unk).any() and not (batch["net_input"]["src_tokens"] == unk).any()
+    assert task.decode(batch["target"][1]) == "a green square"
+    # specials, BPE symbols of the corpus, <mask>, 8192 codes, 1000 bins
+    assert task.dictionary.index("<bin_999>") == len(task.dictionary) - 1
+
+
+def test_evaluation_rows_keep_every_reference(tmp_path):
+    write_split(tmp_path, "train", GOOD)
+    write_split(tmp_path, "valid", [["7", "70", "a red circle&&The red circle, on the left", "", png_base64()]])
+    task = make_task(tmp_path)
+    task.load_dataset("valid")
+    sample = task.dataset("valid")[0]
+    assert sample["references"] == ["a red circle", "the red circle on the left"]
+
+
+BAD_ROWS = {
+    "corrupt base64 image": (["3", "12", "a blue square", "", "iVBORw0KGgoAAAANSUhEUg" + "A" * 40], "image"),
+    "missing image file": (["3", "12", "a blue square", "", "images/missing.png"], "missing.png"),
+    "wrong column count": (["3", "12", "a blue square", png_base64()], "expected 5 columns, got 4"),
+    "empty caption": (["3", "12", " ... ", "", png_base64()], "empty caption"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ROWS))
+def test_a_bad_row_raises_naming_file_and_line(tmp_path, case):
+    row, reason = BAD_ROWS[case]
+    path = write_split(tmp_path, "train", GOOD + [row])
+    with pytest.raises(ValueError) as error:
+        # a malformed row already stops the vocabulary building; media and text fail when the row is read
+        task = make_task(tmp_path)
+        task.load_dataset("train")
+        task.dataset("train")[2]
+    assert f"{path}:3" in str(error.value)
+    assert reason.lower() in str(error.value).lower()
+
+
+def test_bad_rows_are_skipped_and_counted_on_request(tmp_path):
+    rows = GOOD + [BAD_ROWS["corrupt base64 image"][0], BAD_ROWS["empty caption"][0],
+                   BAD_ROWS["wrong column count"][0]]
+    write_split(tmp_path, "train", rows)
+    task = make_task(tmp_path, skip_bad_rows=True)
+    task.load_dataset("train")
+    dataset = task.dataset("train")
+    batch = dataset.collater([dataset[i] for i in range(5)])
+    assert batch["nsentences"] == 2 and batch["num_skipped"] == 3
+    assert dataset.num_skipped == 3 and "lines 3, 4, 5" in dataset.skipped_summary()
+    with metrics.aggregate() as aggregated:
+        task.reduce_metrics([{"num_skipped": batch["num_skipped"]}], criterion=_NoMetrics())
+    assert aggregated.get_smoothed_values()["skipped_rows"] == 3
+
+
+class _NoMetrics:
+    @classmethod
+    def reduce_metrics(cls, logging_outputs):
+        pass
+
+    @staticmethod
+    def logging_outputs_can_be_summed():
+        return True
+
+
+def test_missing_split_file_is_named(tmp_path):
+    write_split(tmp_path, "train", GOOD)
+    task = make_task(tmp_path)
+    with pytest.raises(FileNotFoundError, match="caption_test.tsv"):
+        task.load_dataset("test")
+
+
+def test_generation_starts_from_bos(tmp_path):
+    write_split(tmp_path, "train", GOOD)
+    task = make_task(tmp_path)
+
+    class Recorder:
+        def generate(self, models, sample, **kwargs):
+            self.kwargs = kwargs
+            return []
+
+    recorder = Recorder()
+    task.inference_step(recorder, [], {})
+    assert recorder.kwargs["bos_token"] == task.dictionary.bos() == 0

@@ -1,0 +1,258 @@
+"""``unival evaluate``: reading predictions and references in every accepted format, errors that name the
+file and line, and the command line end to end."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from unival.cli import main as cli_main
+from unival.evaluate import (ROW, InputError, evaluate_caption_predictions, read_predictions, read_references,
+                             results_table)
+
+# fairseq-generate output as it prints it: log lines, then per sample S-, T-, H-, D- and P- lines, in the
+# order batches finish; with --nbest 2 the second hypothesis of a sample follows the best one.
+GENERATE_OUTPUT = """\
+2024-05-01 10:00:00 | INFO | fairseq_cli.generate | loading model(s) from checkpoint_best.pt
+S-1\t<image> what does the image describe?
+T-1\ta blue square next to a green circle&&a green circle beside a blue square
+H-1\t-0.3125\t50 1234 5678
+D-1\t-0.3125\ta blue square next to a green circle
+P-1\t-0.1000 -0.2000 -0.6375
+H-1\t-0.9000\t50 1234
+D-1\t-0.9000\ta blue square
+S-0\t<image> what does the image describe?
+T-0\ta red circle above a yellow triangle
+H-0\t-0.2500\ta red circle above a yellow triangle
+D-0\t-0.2500\ta red circle above a yellow triangle
+S-2\t<image> what does the image describe?
+T-2\ttwo small purple stars on a white background
+H-2\t-1.5000\t
+D-2\t-1.5000\t
+2024-05-01 10:00:05 | INFO | fairseq_cli.generate | Translated 3 sentences (30 tokens) in 0.5s
+"""
+
+TSV_ROWS = [
+    ["img0-cap", "100", "a red circle above a yellow triangle&&a yellow triangle under a red circle", "", "BASE64"],
+    ["img1-cap", "101", "a blue square next to a green circle", "", "BASE64"],
+    ["img2-cap", "102", "two small purple stars on a white background", "", "BASE64"],
+]
+
+
+def write_tsv(path, rows):
+    path.write_text("".join("\t".join(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def private_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIVAL_CACHE_DIR", str(tmp_path / "user_cache"))
+
+
+@pytest.fixture
+def generate_file(tmp_path):
+    path = tmp_path / "generate-test.txt"
+    path.write_text(GENERATE_OUTPUT, encoding="utf-8")
+    return path
+
+
+def test_generate_output_prefers_detokenized_best_hypothesis(generate_file):
+    predictions = read_predictions(str(generate_file))
+    assert predictions.id_kind == ROW
+    assert predictions.captions == {"1": "a blue square next to a green circle",
+                                    "0": "a red circle above a yellow triangle", "2": ""}
+    assert predictions.targets == {"1": ["a blue square next to a green circle", "a green circle beside a blue square"],
+                                   "0": ["a red circle above a yellow triangle"],
+                                   "2": ["two small purple stars on a white background"]}
+
+
+def test_generate_output_falls_back_to_h_lines(tmp_path):
+    path = tmp_path / "generate.txt"
+    path.write_text("H-7\t-0.5\ta cat on a mat\nH-8\t-0.7\n", encoding="utf-8")
+    assert read_predictions(str(path)).captions == {"7": "a cat on a mat", "8": ""}
+
+
+@pytest.mark.parametrize("bad_line", ["H-3 -0.5 a cat", "H-3\tnot-a-score\ta cat", "D-\t-0.5\ta cat"])
+def test_unparsable_hypothesis_names_file_and_line(tmp_path, bad_line):
+    path = tmp_path / "generate.txt"
+    path.write_text(f"S-3\tsource\n{bad_line}\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{path}:2: {bad_line[0]}- line does not parse"):
+        read_predictions(str(path))
+
+
+def test_file_that_is_neither_format(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello\nworld\n", encoding="utf-8")
+    with pytest.raises(InputError, match="neither a JSON list of predictions nor fairseq-generate output"):
+        read_predictions(str(path))
+
+
+def test_json_predictions(tmp_path):
+    path = tmp_path / "predictions.json"
+    path.write_text(json.dumps([{"image_id": 100, "caption": "a red circle"}, {"image_id": "101", "caption": ""}]))
+    predictions = read_predictions(str(path))
+    assert (predictions.id_kind, predictions.captions) == ("image_id", {"100": "a red circle", "101": ""})
+
+
+@pytest.mark.parametrize("items, line, message", [
+    ([{"id": 1, "caption": "a"}, {"id": 2, "text": "b"}], 6, "prediction 1: expected an object with"),
+    ([{"id": 1, "caption": "a"}, {"id": 1, "caption": "b"}], 6, "a second prediction for id '1'"),
+    ([{"id": 1, "caption": "a"}, {"image_id": 2, "caption": "b"}], 6, "identified by 'image_id' while earlier"),
+    ([{"id": 1, "caption": "a"}, {"id": 2, "caption": 3}], 6, "\"caption\" must be a string, got 3"),
+    ([{"id": 1, "caption": "a"}, "b"], 6, "prediction 1: expected an object"),
+])
+def test_bad_json_predictions_name_file_and_line(tmp_path, items, line, message):
+    path = tmp_path / "predictions.json"
+    path.write_text(json.dumps(items, indent=2))
+    with pytest.raises(InputError) as caught:
+        read_predictions(str(path))
+    assert str(caught.value).startswith(f"{path}:{line}: ")
+    assert message in str(caught.value)
+
+
+def test_invalid_json_and_json_object_predictions(tmp_path):
+    path = tmp_path / "predictions.json"
+    path.write_text('[\n  {"id": 1, "caption": "a"},\n  {"id": 2 "caption": "b"}\n]')
+    with pytest.raises(InputError, match=rf"^{path}:3: invalid JSON: Expecting ','"):
+        read_predictions(str(path))
+    path.write_text('{"1": "a"}')
+    with pytest.raises(InputError, match="expected a JSON list of"):
+        read_predictions(str(path))
+
+
+@pytest.mark.parametrize("id_kind, keys", [("id", ["img0-cap", "img1-cap", "img2-cap"]),
+                                           ("image_id", ["100", "101", "102"]), (ROW, ["0", "1", "2"])])
+def test_tsv_references_split_on_separator(tmp_path, id_kind, keys):
+    path = write_tsv(tmp_path / "caption_test.tsv", TSV_ROWS)
+    references = read_references(str(path), id_kind)
+    assert list(references) == keys
+    assert references[keys[0]] == ["a red circle above a yellow triangle", "a yellow triangle under a red circle"]
+    assert references[keys[2]] == ["two small purple stars on a white background"]
+
+
+def test_tsv_rows_of_one_image_are_merged(tmp_path):
+    rows = [["1", "100", "a red circle", "", "x"], ["2", "100", "a round red shape&&a red circle", "", "x"]]
+    path = write_tsv(tmp_path / "caption_train.tsv", rows)
+    assert read_references(str(path), "image_id") == {"100": ["a red circle", "a round red shape"]}
+
+
+def test_tsv_errors_name_file_and_line(tmp_path):
+    path = write_tsv(tmp_path / "bad.tsv", [TSV_ROWS[0], TSV_ROWS[1][:4]])
+    with pytest.raises(ValueError, match=rf"^{path}:2: expected 5 columns, got 4"):
+        read_references(str(path), "id")
+    path = write_tsv(tmp_path / "four.tsv", [row[:4] for row in TSV_ROWS])
+    with pytest.raises(InputError, match=rf"^{path}:1: a caption TSV has 5 columns .* this line has 4"):
+        read_references(str(path), "id")
+    path = write_tsv(tmp_path / "empty_caption.tsv", [TSV_ROWS[0], ["x", "1", " && ", "", "img"]])
+    with pytest.raises(InputError, match=rf"^{path}:2: no reference caption"):
+        read_references(str(path), "id")
+
+
+def test_json_and_coco_references(tmp_path):
+    plain = tmp_path / "refs.json"
+    plain.write_text(json.dumps({"100": ["a red circle", "a round red shape"], "101": ["a blue square"]}))
+    assert read_references(str(plain), "id") == {"100": ["a red circle", "a round red shape"], "101": ["a blue square"]}
+    coco = tmp_path / "captions_val.json"
+    coco.write_text(json.dumps({"images": [], "annotations": [
+        {"image_id": 100, "id": 1, "caption": "A red circle."}, {"image_id": 100, "id": 2, "caption": "Red disc"},
+        {"image_id": 101, "id": 3, "caption": "A blue square."}]}))
+    assert read_references(str(coco), "image_id") == {"100": ["A red circle.", "Red disc"], "101": ["A blue square."]}
+    coco.write_text(json.dumps({"annotations": [{"image_id": 100, "caption": "x"}, {"image_id": 101}]}))
+    with pytest.raises(InputError, match=rf"^{coco}: annotation 1 must be an object"):
+        read_references(str(coco), "image_id")
+    plain.write_text(json.dumps({"100": "a red circle"}))
+    with pytest.raises(InputError, match=r"references of id '100' must be a list of strings"):
+        read_references(str(plain), "id")
+
+
+def test_evaluate_caption_predictions_result_layout():
+    predictions = {"a": "a red circle above a yellow triangle", "b": "a blue square next to a green circle"}
+    references = {"a": ["a red circle above a yellow triangle"], "b": ["a green circle beside a blue square"]}
+    results = evaluate_caption_predictions(predictions, references, metrics=("BLEU", "CIDEr"))
+    assert set(results) == {"task", "num_predictions", "scores", "skipped", "tokenizer"}
+    assert (results["task"], results["num_predictions"], results["skipped"]) == ("caption", 2, {})
+    assert list(results["scores"]) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr"]
+    # "a" matches its 7-word reference; 6 of the 8 words of "b" occur in its 7-word reference ("a" twice):
+    # 13 clipped matches of 15 words, no brevity penalty (15 words against 14).
+    assert results["scores"]["BLEU-1"] == pytest.approx(13 / 15, abs=1e-6)
+
+
+def test_results_table_is_aligned():
+    table = results_table({"task": "caption", "num_predictions": 2, "tokenizer": "t",
+                           "scores": {"BLEU-4": 0.5, "CIDEr": 1.25}, "skipped": {"METEOR": "no java"}})
+    assert table.splitlines() == ["caption: 2 predictions, tokenizer: t", "metric  score", "BLEU-4  0.5000",
+                                  "CIDEr   1.2500", "METEOR  skipped: no java"]
+
+
+# --------------------------------------------------------------------------------------------- command line
+
+def test_cli_generate_output_against_tsv(tmp_path, generate_file, capsys):
+    references = write_tsv(tmp_path / "caption_test.tsv", TSV_ROWS)
+    output = tmp_path / "out" / "results.json"
+    code = cli_main(["evaluate", "--predictions", str(generate_file), "--references", str(references),
+                     "--metrics", "BLEU", "CIDEr", "--output", str(output)])
+    assert code == 0
+    results = json.loads(output.read_text())
+    assert (results["task"], results["num_predictions"], results["skipped"]) == ("caption", 3, {})
+    # Rows 0 and 1 are predicted exactly (7 and 8 words), row 2 is empty: all 15 words match, and the
+    # references' 7 + 8 + 8 words give the brevity penalty exp(1 - 23 / 15).
+    assert results["scores"]["BLEU-1"] == pytest.approx(math.exp(1 - 23 / 15), abs=1e-6)
+    assert 0.0 < results["scores"]["CIDEr"] < 10.0
+    printed = capsys.readouterr().out
+    assert "caption: 3 predictions" in printed and f"wrote {output}" in printed
+    assert any(line.startswith("BLEU-4  ") for line in printed.splitlines())
+
+
+def test_cli_takes_references_from_target_lines(tmp_path, generate_file):
+    output = tmp_path / "results.json"
+    code = cli_main(["evaluate", "--predictions", str(generate_file), "--metrics", "ROUGE_L", "--output", str(output)])
+    assert code == 0
+    # Samples 0 and 1 match a reference exactly; sample 2 is empty.
+    assert json.loads(output.read_text())["scores"]["ROUGE_L"] == pytest.approx(2 / 3, abs=1e-12)
+
+
+def test_cli_only_predicted_ids(tmp_path):
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps([{"image_id": 101, "caption": "a blue square next to a green circle"}]))
+    references = write_tsv(tmp_path / "caption_test.tsv", TSV_ROWS)
+    args = ["evaluate", "--predictions", str(predictions), "--references", str(references), "--metrics", "ROUGE_L"]
+    assert cli_main(args) == 2
+    output = tmp_path / "results.json"
+    assert cli_main(args + ["--only-predicted-ids", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["scores"]["ROUGE_L"] == pytest.approx(1.0)
+
+
+def test_cli_reports_malformed_input_with_file_and_line(tmp_path, capsys):
+    predictions = tmp_path / "generate.txt"
+    predictions.write_text("S-0\tsource\nT-0\ta cat\nH-0\tbroken\n", encoding="utf-8")
+    assert cli_main(["evaluate", "--predictions", str(predictions)]) == 2
+    assert f"unival evaluate: error: {predictions}:3: H- line does not parse" in capsys.readouterr().err
+
+
+def test_cli_missing_predictions_are_named(tmp_path, capsys):
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps([{"id": "img0-cap", "caption": "a red circle"}]))
+    references = write_tsv(tmp_path / "caption_test.tsv", TSV_ROWS)
+    assert cli_main(["evaluate", "--predictions", str(predictions), "--references", str(references)]) == 2
+    assert "no prediction for 2 of 3 reference ids: 'img1-cap', 'img2-cap'" in capsys.readouterr().err
+
+
+def test_cli_other_tasks_are_refused_with_a_reason(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli_main(["evaluate", "--task", "vqa_gen", "--predictions", "p.json"])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert "no evaluation for 'vqa_gen' yet" in error and "come with their task" in error
+
+
+@pytest.mark.e2e
+def test_python_dash_m_unival_cli_evaluate(tmp_path, generate_file):
+    """The installed entry point's module run as a program (a fresh interpreter: seconds to import)."""
+    output = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "unival.cli", "evaluate", "--predictions", str(generate_file),
+                           "--metrics", "BLEU", "--output", str(output)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "BLEU-4" in done.stdout
+    # T- references: samples 0 and 1 exact (7 and 8 words), sample 2 empty against its 8-word reference.
+    assert json.loads(output.read_text())["scores"]["BLEU-1"] == pytest.approx(math.exp(1 - 23 / 15), abs=1e-6)
