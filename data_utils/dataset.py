@@ -254,6 +254,9 @@ class UnivalDataset(FairseqDataset):
         return self.max_src_length, self.max_tgt_length
 
     def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
+        if max_sentences and required_batch_size_multiple > max_sentences:
+            # fairseq then returns no batch at all (e.g. --batch-size 4 with its default multiple of 8)
+            required_batch_size_multiple = 1
         batches = super().batch_by_size(indices, max_tokens=max_tokens, max_sentences=max_sentences,
                                         required_batch_size_multiple=required_batch_size_multiple)
         return pad_batches_to_multiple(batches, self.num_shards)

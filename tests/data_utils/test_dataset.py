@@ -248,3 +248,21 @@ def test_every_rank_gets_the_same_nonempty_batches(tmp_path, dictionary, bpe):
         per_rank.append([batch["nsentences"] for batch in epoch_iter.next_epoch_itr(shuffle=True)])
     assert [len(sizes) for sizes in per_rank] == [2, 2, 2]
     assert all(size > 0 for sizes in per_rank for size in sizes)
+
+
+def test_batch_size_below_the_required_multiple_still_gives_batches():
+    class Sized(UnivalDataset):
+        def __init__(self):
+            self.num_shards = 1
+
+        def __len__(self):
+            return 5
+
+        def num_tokens_vec(self, indices):
+            return np.full(len(indices), 10, dtype=np.int64)
+
+        def num_tokens(self, index):
+            return 10
+
+    batches = Sized().batch_by_size(np.arange(5), max_sentences=4, required_batch_size_multiple=8)
+    assert [len(batch) for batch in batches] == [4, 1]
