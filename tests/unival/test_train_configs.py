@@ -1,0 +1,60 @@
+"""Every YAML config loads, starts with the command that runs it, and turns into fairseq-train options
+that fairseq's own parser accepts; `unival train` passes paths and extra options through."""
+from pathlib import Path
+
+import pytest
+from fairseq import options
+
+from unival.cli import main as cli_main
+from unival.train import CONFIG_ROOT, load_config, options_to_argv, train_command
+
+CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if p.parent.name != "base")
+
+
+def test_configs_are_found():
+    assert any(p.name == "demo.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_ROOT)))
+def test_config_starts_with_its_command_and_parses(path, tmp_path):
+    first_line = path.read_text().splitlines()[0]
+    name = str(path.relative_to(CONFIG_ROOT).with_suffix(""))
+    assert first_line.startswith(f"# unival train {name} "), first_line
+    command = train_command(name, str(tmp_path), str(tmp_path / "save"))
+    args = options.parse_args_and_arch(options.get_training_parser(), input_args=command[1:])
+    assert args.save_dir == str(tmp_path / "save") and args.user_dir.endswith("unival")
+
+
+def test_includes_are_merged_with_the_including_file_winning(tmp_path):
+    (tmp_path / "base.yaml").write_text("lr: 1.0\noptimizer: adam\n")
+    (tmp_path / "run.yaml").write_text("includes: [base.yaml]\nlr: 0.5\nfp16: true\nno_save: false\n")
+    assert load_config(tmp_path / "run.yaml") == {"lr": 0.5, "optimizer": "adam", "fp16": True, "no_save": False}
+    assert options_to_argv(load_config(tmp_path / "run.yaml")) == ["--lr", "0.5", "--optimizer", "adam", "--fp16"]
+
+
+def test_circular_includes_are_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("includes: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("includes: [a.yaml]\n")
+    with pytest.raises(ValueError, match="includes itself"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_dry_run_prints_the_command_with_passthrough_options(tmp_path, capsys):
+    assert cli_main(["train", "caption/demo", "--data", str(tmp_path), "--save-dir", "out", "--dry-run", "--",
+                     "--max-epoch", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("+ fairseq-train ") and printed.rstrip().endswith("--max-epoch 2")
+    assert "--arch unival_tiny" in printed and "--task caption" in printed
+
+
+def test_unknown_config_names_the_places_searched():
+    with pytest.raises(FileNotFoundError, match="nonexistent"):
+        train_command("nonexistent/config", "data", "save")
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    printed = capsys.readouterr().out
+    for name in ("demo", "make-demo-data", "train", "evaluate", "convert"):
+        assert name in printed
