@@ -7,7 +7,7 @@ Module names follow the original UnIVAL code so that its checkpoints load with `
 import argparse
 import logging
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,9 @@ from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqI
                             register_model, register_model_architecture)
 from torch import Tensor
 
+from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
+from unival.models.video_encoders import VideoBackbone, video_position_ids, video_tokens
 from unival.models.layers import DecoderLayer, EncoderLayer, IncrementalState, drop_path_rates, padding_to_bias
 from unival.models.position import (grid_position_ids, image_relative_buckets, num_image_relative_buckets,
                                     token_relative_buckets)
@@ -67,10 +69,56 @@ class UnivalConfig(FairseqDataclass):
     image_encoder_path: Optional[str] = field(
         default=None, metadata={"help": "local file with ImageNet weights for the image encoder (else random init)"})
     image_drop_path_rate: float = field(default=0.0, metadata={"help": "stochastic depth inside the ResNet"})
+    video_encoder: Optional[str] = field(
+        default=None, metadata={"help": "video encoder: resnext50, resnext101 (the original's), r3d_18, r2plus1d_18; "
+                                        "none: the model reads no video"})
+    video_encoder_path: Optional[str] = field(
+        default=None, metadata={"help": "local weights of the video encoder (e.g. resnext-101-kinetics.pth)"})
+    audio_encoder: Optional[str] = field(
+        default=None, metadata={"help": "audio encoder: cnn6, cnn10, cnn14 (PANN); none: the model reads no audio"})
+    audio_encoder_path: Optional[str] = field(
+        default=None, metadata={"help": "local weights of the audio encoder (e.g. Cnn14_mAP=0.431.pth)"})
+    audio_sample_rate: int = field(default=48000, metadata={"help": "sample rate the audio encoder expects"})
+    audio_window_size: int = field(default=1024, metadata={"help": "STFT window of the log-mel front end"})
+    audio_hop_size: int = field(default=480, metadata={"help": "STFT hop (the paper finetunes with 200)"})
+    audio_mel_bins: int = field(default=64, metadata={"help": "mel bins of the front end"})
+    audio_fmin: float = field(default=50.0, metadata={"help": "lowest mel frequency, Hz"})
+    audio_fmax: float = field(default=14000.0, metadata={"help": "highest mel frequency, Hz"})
 
 
-# Media the encoder can read: net_input key -> (backbone attribute, projection attribute, positions attribute).
-MODALITIES = {"patch_images": ("embed_images", "image_proj", "embed_image_positions")}
+def image_tokens(features: Tensor, bucket_size: int) -> Tuple[Tensor, Tensor]:
+    height, width = features.shape[-2:]
+    return features.flatten(2).transpose(1, 2), grid_position_ids(height, width, bucket_size, features.device)
+
+
+def video_tokens_and_ids(features: Tensor, bucket_size: int) -> Tuple[Tensor, Tensor]:
+    steps, height, width = features.shape[-3:]
+    return video_tokens(features), video_position_ids(steps, height, width, bucket_size, features.device)
+
+
+def audio_tokens_and_ids(features: Tensor, bucket_size: int) -> Tuple[Tensor, Tensor]:
+    tokens = audio_tokens(features)
+    return tokens, audio_position_ids(tokens.size(1), bucket_size, features.device)
+
+
+@dataclass(frozen=True)
+class Modality:
+    """How one kind of media becomes encoder tokens: its backbone, projection and position table (attribute
+    names of the encoder, as in the original's checkpoints), its ``patch_types`` value, and the function
+    turning backbone features into (B, N, C) tokens and their (N,) position ids."""
+
+    backbone: str
+    projection: str
+    positions: str
+    type_id: int
+    tokens: Callable[[Tensor, int], Tuple[Tensor, Tensor]]
+
+
+MODALITIES = {
+    "patch_images": Modality("embed_images", "image_proj", "embed_image_positions", 0, image_tokens),
+    "patch_videos": Modality("embed_videos", "video_proj", "embed_video_positions", 1, video_tokens_and_ids),
+    "patch_audios": Modality("embed_audios", "audio_proj", "embed_audio_positions", 2, audio_tokens_and_ids),
+}
 
 
 def bert_init(module: nn.Module) -> None:
@@ -129,9 +177,22 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
         self.type_embedding = None if cfg.no_type_embedding else nn.Embedding(2, dim)
         self.embed_images = ResNetBackbone(cfg.image_encoder, cfg.image_encoder_stages, cfg.image_drop_path_rate)
         self.image_proj = nn.Linear(self.embed_images.num_channels, dim)
+        if cfg.video_encoder:
+            self.embed_videos = VideoBackbone(cfg.video_encoder)
+            self.video_proj = nn.Linear(self.embed_videos.num_channels, dim)
+        if cfg.audio_encoder:
+            self.embed_audios = PannBackbone(cfg.audio_encoder, sample_rate=cfg.audio_sample_rate,
+                                             window_size=cfg.audio_window_size, hop_size=cfg.audio_hop_size,
+                                             mel_bins=cfg.audio_mel_bins, fmin=cfg.audio_fmin, fmax=cfg.audio_fmax)
+            self.audio_proj = nn.Linear(self.embed_audios.num_channels, dim)
         self.patch_layernorm_embedding = None if cfg.no_patch_layernorm_embedding else nn.LayerNorm(dim)
         self._build_positions(cfg, dim, cfg.encoder_attention_heads, cfg.encoder_layers, cfg.max_source_positions)
-        self.embed_image_positions = nn.Embedding(cfg.image_bucket_size ** 2 + 1, dim)
+        grid_size = cfg.image_bucket_size ** 2 + 1
+        self.embed_image_positions = nn.Embedding(grid_size, dim)
+        if cfg.video_encoder:
+            self.embed_video_positions = nn.Embedding(grid_size, dim)
+        if cfg.audio_encoder:
+            self.embed_audio_positions = nn.Embedding(grid_size, dim)
         self.image_pos_ln = nn.LayerNorm(dim)
         self.pos_q_linear = nn.Linear(dim, dim)
         self.pos_k_linear = nn.Linear(dim, dim)
@@ -150,40 +211,79 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
             x = self.layernorm_embedding(x)
         return self.dropout(x)
 
-    def embed_media(self, key: str, media: Tensor) -> Tuple[Tensor, Tensor]:
-        """Media batch -> (B, N, C) patch embeddings and the (N,) grid position ids of the patches."""
-        backbone, projection, _ = (getattr(self, name) for name in MODALITIES[key])
-        features = backbone(media)
-        height, width = features.shape[-2:]
-        position_ids = grid_position_ids(height, width, self.cfg.image_bucket_size, device=media.device)
-        x = projection(features.flatten(2).transpose(1, 2))
+    def embed_media(self, key: str, media: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Media batch -> (B, N, C) patch embeddings, their (N, C) position embeddings and (N,) position ids."""
+        modality = MODALITIES[key]
+        if not hasattr(self, modality.backbone):
+            raise ValueError(f"the batch holds {key} but the model has no encoder for them "
+                             f"(--{modality.backbone.replace('embed_', '')[:-1]}-encoder)")
+        features = getattr(self, modality.backbone)(media)
+        tokens, position_ids = modality.tokens(features, self.cfg.image_bucket_size)
+        x = getattr(self, modality.projection)(tokens)
         if self.type_embedding is not None:
             x = x + self.type_embedding.weight[1]
         if self.patch_layernorm_embedding is not None:
             x = self.patch_layernorm_embedding(x)
-        return self.dropout(x), position_ids
+        positions = self.image_pos_ln(getattr(self, modality.positions)(position_ids))
+        return self.dropout(x), positions, position_ids
+
+    def embed_all_media(self, batch: int, media: Dict[str, Tensor], patch_types: Optional[Tensor]):
+        """Patches of every sample, each from its own modality: (B, N, C) embeddings, (1 or B, N, C) position
+        embeddings, (N,) or (B, N) position ids and (B, N) padding (samples with fewer patches are padded)."""
+        if patch_types is None:
+            if len(media) > 1:
+                raise ValueError(f"a batch with {' and '.join(media)} needs patch_types to tell which media "
+                                 "each sample uses")
+            rows = {key: None for key in media}
+        else:
+            rows = {key: (patch_types == MODALITIES[key].type_id).nonzero().squeeze(1) for key in media}
+            rows = {key: index for key, index in rows.items() if index.numel()}
+            if len(rows) == 1 and next(iter(rows.values())).numel() == batch:
+                rows = {key: None for key in rows}
+        if len(rows) == 1 and next(iter(rows.values())) is None:
+            # every sample has the same kind of media: patches share their positions across the batch
+            key = next(iter(rows))
+            x, positions, position_ids = self.embed_media(key, media[key])
+            return x, positions.unsqueeze(0), position_ids, x.new_zeros(x.shape[:2], dtype=torch.bool)
+        parts = {key: self.embed_media(key, media[key].index_select(0, index)) for key, index in rows.items()}
+        length = max(part[0].size(1) for part in parts.values())
+        dim = next(iter(parts.values()))[0].size(-1)
+        reference = next(iter(media.values()))
+        x = reference.new_zeros(batch, length, dim)
+        positions = reference.new_zeros(batch, length, dim)
+        position_ids = torch.zeros(batch, length, dtype=torch.long, device=reference.device)
+        padding = torch.ones(batch, length, dtype=torch.bool, device=reference.device)
+        for key, (part, part_positions, part_ids) in parts.items():
+            index, count = rows[key], part.size(1)
+            x[index, :count] = part
+            positions[index, :count] = part_positions
+            position_ids[index, :count] = part_ids
+            padding[index, :count] = False
+        return x, positions, position_ids, padding
 
     def image_relative_bias(self, layer: int, position_ids: Tensor) -> Tensor:
-        """(1, H, N, N) bias of 2-D relative positions between patches for one layer."""
-        buckets = self.image_rp_bucket[position_ids][:, position_ids]
-        return self.image_rel_pos_table_list[layer](buckets).permute(2, 0, 1).unsqueeze(0)
+        """(1 or B, H, N, N) bias of 2-D relative positions between patches for one layer."""
+        ids = position_ids if position_ids.dim() == 2 else position_ids.unsqueeze(0)
+        buckets = self.image_rp_bucket[ids[:, :, None], ids[:, None, :]]
+        return self.image_rel_pos_table_list[layer](buckets).permute(0, 3, 1, 2)
 
-    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, patch_images: Optional[Tensor] = None,
-                patch_masks: Optional[Tensor] = None, return_all_hiddens: bool = False, **unused) -> Dict[str, List]:
+    def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, patch_masks: Optional[Tensor] = None,
+                patch_types: Optional[Tensor] = None, return_all_hiddens: bool = False, **inputs) -> Dict[str, List]:
+        """Text tokens plus, per sample, the media named by ``patch_types`` among ``patch_images``,
+        ``patch_videos`` and ``patch_audios`` (masked out where ``patch_masks`` is False)."""
         batch, text_length = src_tokens.shape
         x = self.embed_text(src_tokens)
         padding = src_tokens.eq(self.padding_idx)
         positions = self.pos_ln(self.embed_positions.weight[:text_length]).unsqueeze(0)
+        media = {key: inputs[key] for key in MODALITIES if inputs.get(key) is not None}
         patch_positions = None
-        if patch_images is not None:
-            patches, patch_positions = self.embed_media("patch_images", patch_images)
-            patch_padding = padding.new_zeros(batch, patches.size(1))
+        if media:
+            patches, media_positions, patch_positions, patch_padding = self.embed_all_media(batch, media, patch_types)
             if patch_masks is not None:
                 patch_padding = patch_padding | ~patch_masks[:, None]
             x = torch.cat([patches, x], dim=1)
             padding = torch.cat([patch_padding, padding], dim=1)
-            image_positions = self.image_pos_ln(self.embed_image_positions(patch_positions)).unsqueeze(0)
-            positions = torch.cat([image_positions, positions], dim=1)
+            positions = torch.cat([media_positions, positions.expand(media_positions.size(0), -1, -1)], dim=1)
         if padding.any():
             x = x * (1 - padding.unsqueeze(-1).type_as(x))
         x = x.transpose(0, 1)
@@ -194,8 +294,10 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
         absolute_bias = torch.matmul(pos_q, pos_k.transpose(2, 3))
         text_positions = torch.arange(text_length, device=src_tokens.device)
         states = [x] if return_all_hiddens else []
+        # one bias for the whole batch, unless the samples' patches sit at different positions (mixed media)
+        rows = batch if patch_positions is not None and patch_positions.dim() == 2 else absolute_bias.size(0)
         for index, layer in enumerate(self.layers):
-            bias = absolute_bias.clone()
+            bias = absolute_bias.expand(rows, -1, -1, -1).clone()
             bias[:, :, -text_length:, -text_length:] += self.token_relative_bias(index, text_positions, text_length)
             if patch_positions is not None:
                 num_patches = length - text_length

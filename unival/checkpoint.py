@@ -50,6 +50,12 @@ UNSUPPORTED_OPTIONS = {
 }
 
 
+# The original's encoder names -> this project's. (Its pann_cnn10 has a fifth block and differs from PANN's Cnn10.)
+ORIGINAL_VIDEO_ENCODERS = {"all_resnext50": "resnext50", "all_resnext101": "resnext101"}
+ORIGINAL_AUDIO_ENCODERS = {"pann_cnn6": "cnn6", "pann_cnn14": "cnn14"}
+AUDIO_OPTIONS = {"sample_rate": "audio_sample_rate", "hop_size": "audio_hop_size", "mel_bins": "audio_mel_bins"}
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
@@ -103,7 +109,22 @@ def config_from_original(args: argparse.Namespace) -> UnivalConfig:
                               "(supported: resnet, timm_resnet)")
     values["image_drop_path_rate"] = getattr(args, "resnet_drop_path_rate", 0.0)
     values["image_encoder_path"] = None
+    values["video_encoder"] = _mapped_name(args, "video_encoder_name", ORIGINAL_VIDEO_ENCODERS)
+    values["audio_encoder"] = _mapped_name(args, "audio_encoder_name", ORIGINAL_AUDIO_ENCODERS)
+    for original, ours in AUDIO_OPTIONS.items():
+        if getattr(args, original, None) is not None:
+            values[ours] = getattr(args, original)
     return UnivalConfig(**values)
+
+
+def _mapped_name(args: argparse.Namespace, option: str, names: Dict[str, str]) -> Optional[str]:
+    value = getattr(args, option, None)
+    if value is None:
+        return None
+    if value not in names:
+        raise CheckpointError(f"--{option.replace('_', '-')} {value} of the checkpoint is not supported "
+                              f"(supported: {', '.join(names)})")
+    return names[value]
 
 
 def config_from_own(model_cfg: Dict[str, Any]) -> UnivalConfig:

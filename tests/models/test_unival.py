@@ -150,3 +150,38 @@ def test_architecture_sizes(name, low, high):
     model = UnivalModel.from_config(UnivalConfig(**architecture_defaults(name)), dictionary)
     count = sum(p.numel() for p in model.parameters())
     assert low < count < high, f"{name}: {count / 1e6:.1f}M parameters"
+
+
+def test_mixed_batch_uses_each_samples_own_media():
+    """Image, audio and video samples in one batch: each sample's output is what it gets alone (the original
+    silently replaced video and audio features by image ones in a mixed batch)."""
+    model = tiny_model(video_encoder="r3d_18", audio_encoder="cnn6", audio_sample_rate=16000, audio_hop_size=160,
+                       audio_window_size=512, audio_fmax=8000.0)
+    torch.manual_seed(2)
+    size = 3
+    inputs = batch(size=size)
+    inputs["patch_images"] = torch.randn(size, 3, 64, 64)
+    inputs["patch_audios"] = torch.randn(size, 16000) * 0.1
+    inputs["patch_videos"] = torch.randn(size, 3, 4, 32, 32)
+    inputs["patch_types"] = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        mixed, _ = model(**inputs)
+        for row, key in enumerate(("patch_images", "patch_audios", "patch_videos")):
+            alone = {name: value[row:row + 1] for name, value in inputs.items()
+                     if name not in ("patch_images", "patch_audios", "patch_videos")}
+            alone[key] = inputs[key][row:row + 1]
+            single, _ = model(**alone)
+            assert torch.allclose(mixed[row], single[0], atol=1e-4), key
+        other = dict(inputs, patch_audios=torch.randn(size, 16000) * 0.1)
+        changed, _ = model(**other)
+    assert not torch.allclose(changed[1], mixed[1], atol=1e-3), "the audio sample must read its own audio"
+    assert torch.allclose(changed[0], mixed[0], atol=1e-5) and torch.allclose(changed[2], mixed[2], atol=1e-5)
+
+
+def test_media_without_an_encoder_is_refused():
+    model = tiny_model()
+    inputs = batch()
+    inputs["patch_audios"] = torch.randn(2, 16000)
+    inputs["patch_types"] = torch.tensor([0, 2])
+    with pytest.raises(ValueError, match="no encoder for them"):
+        model(**inputs)

@@ -118,3 +118,46 @@ def test_convert_round_trip_gives_identical_outputs(original, tmp_path):
     reference = logits_of(unival.load_checkpoint(path), batch)
     assert torch.equal(logits_of(load_safetensors(tmp_path / "converted"), batch), reference)
     assert torch.equal(logits_of(unival.load_checkpoint(tmp_path / "converted"), batch), reference)
+
+
+def multimodal_checkpoint(folder):
+    """A state dict with the names, shapes and dtypes of the original's image+video+audio model (random
+    values; the derived position buckets computed as the original does), with its arguments."""
+    import json
+
+    from unival.models.position import image_relative_buckets, token_relative_buckets
+
+    args = argparse.Namespace(**json.loads((folder / "multimodal_args.json").read_text())["model_args"])
+    generator = torch.Generator().manual_seed(0)
+    weights = {}
+    for line in (folder / "multimodal_state_dict_keys.txt").read_text().splitlines():
+        key, shape, dtype, _ = line.split("\t")
+        shape = tuple(int(n) for n in shape.strip("()").split(",") if n.strip())
+        if key.endswith("token_rp_bucket"):
+            weights[key] = token_relative_buckets(args.token_bucket_size, shape[0])
+        elif key.endswith("image_rp_bucket"):
+            weights[key] = image_relative_buckets(args.image_bucket_size)
+        elif dtype == "torch.int64":
+            weights[key] = torch.zeros(shape, dtype=torch.long)
+        else:
+            weights[key] = torch.randn(shape, generator=generator)
+    return {"model": weights, "cfg": {"model": args}}
+
+
+def test_video_and_audio_encoders_of_the_original_map_strictly(fixtures_dir):
+    state = multimodal_checkpoint(fixtures_dir / "unival_reference")
+    model, cfg = build_from_checkpoint(state, source="multimodal")
+    assert (cfg.video_encoder, cfg.audio_encoder, cfg.image_encoder_stages) == ("resnext50", "cnn6", 4)
+    assert (cfg.audio_sample_rate, cfg.audio_hop_size, cfg.audio_mel_bins) == (48000, 480, 64)
+    loaded = model.state_dict()
+    for key in ("encoder.embed_videos.layer4.2.conv3.weight", "encoder.embed_audios.logmel_extractor.melW",
+                "encoder.embed_audios.conv_block4.conv1.weight", "encoder.video_proj.weight",
+                "encoder.embed_audio_positions.weight"):
+        assert torch.equal(loaded[key], state["model"][key]), key
+
+
+def test_unsupported_original_encoders_are_named(fixtures_dir):
+    state = multimodal_checkpoint(fixtures_dir / "unival_reference")
+    state["cfg"]["model"].audio_encoder_name = "pann_cnn10"
+    with pytest.raises(CheckpointError, match="audio-encoder-name pann_cnn10"):
+        build_from_checkpoint(state)
