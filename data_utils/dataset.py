@@ -84,6 +84,8 @@ BATCH_FIELDS: Dict[str, BatchField] = {
     "src_tokens": BatchField(("source",), padded_tokens("source")),
     "src_lengths": BatchField(("source",), source_lengths),
     "patch_images": BatchField(("patch_image",), stacked_media("patch_image")),
+    "patch_videos": BatchField(("patch_video",), stacked_media("patch_video")),
+    "patch_audios": BatchField(("patch_audio",), stacked_media("patch_audio")),
     "patch_masks": BatchField(("patch_mask",), patch_masks),
     "patch_types": BatchField(("patch_type",), patch_types),
     "prev_output_tokens": BatchField(("prev_output_tokens",), padded_tokens("prev_output_tokens")),
@@ -125,7 +127,7 @@ class UnivalDataset(FairseqDataset):
     """
 
     batch_fields: Dict[str, BatchField] = BATCH_FIELDS
-    media_keys: Tuple[str, ...] = ("patch_image",)
+    media_keys: Tuple[str, ...] = ("patch_image", "patch_video", "patch_audio")
 
     def __init__(self, split: str, reader: TSVReader, dictionary: Dictionary, bpe: GPT2BPE, data_dir: Optional[str],
                  seed: int = 1, skip_bad_rows: bool = False, max_src_length: int = 80, max_tgt_length: int = 30,

@@ -17,13 +17,16 @@ logger = logging.getLogger(__name__)
 TASKS = {
     # demo task -> (config, evaluation split)
     "caption": ("caption/demo", "test"),
+    "video_caption": ("video_caption/demo", "test"),
+    "audio_caption": ("audio_caption/demo", "test"),
 }
 MAIN_METRICS = ("CIDEr", "BLEU-4", "METEOR", "ROUGE_L")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="folder for the corpus, checkpoints and results")
-    parser.add_argument("--task", default="caption", choices=sorted(TASKS), help="demo task to train")
+    parser.add_argument("--task", nargs="+", default=["caption"], choices=sorted(TASKS),
+                        help="demo tasks to train, one after the other (caption, video_caption, audio_caption)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the corpus and of training")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and evaluation")
     parser.add_argument("--max-epoch", type=int, default=None, help="override the config's number of epochs")
@@ -67,37 +70,50 @@ def print_table(before: dict, after: dict) -> None:
     print("(scores x 100)")
 
 
-def run(args) -> int:
+def train_and_score(task_name: str, out: Path, data: Path, args) -> dict:
+    """Scores the untrained model, trains with fairseq-train, scores again; the results of one demo task."""
     from unival.generate import build_untrained, load_trained
 
-    torch.set_num_threads(args.threads)
-    out = Path(args.out).resolve()
-    data, save_dir = out / "data", out / args.task
-    config, split = TASKS[args.task]
-    ensure_corpus(data, args.seed)
-
+    save_dir = out / task_name
+    config, split = TASKS[task_name]
     extra = ["--seed", str(args.seed)]
     if args.max_epoch is not None:
         extra += ["--max-epoch", str(args.max_epoch)]
     command = train_command(config, str(data), str(save_dir), extra)
 
-    print("[demo] scoring the untrained model", flush=True)
+    print(f"[demo] {task_name}: scoring the untrained model", flush=True)
     model, task = build_untrained(command[1:])
     before = score(model, task, split, "untrained")
 
-    print("[demo] training: " + " ".join(command), flush=True)
+    print(f"[demo] {task_name}: training: " + " ".join(command), flush=True)
     start = time.time()
     env_command = [str(Path(sys.executable).with_name("fairseq-train"))] + command[1:]
     status = subprocess.call(env_command, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     if status != 0:
-        print(f"[demo] fairseq-train failed with exit status {status}", file=sys.stderr)
-        return status
+        raise RuntimeError(f"fairseq-train failed with exit status {status}")
     minutes = (time.time() - start) / 60
 
     model, task = load_trained(str(save_dir / "checkpoint_best.pt"))
     after = score(model, task, split, "trained")
-    print_table(before, after)
-    results = {"task": args.task, "train_minutes": round(minutes, 1), "untrained": before, "trained": after}
-    (out / f"results_{args.task}.json").write_text(json.dumps(results, indent=2))
-    print(f"[demo] trained in {minutes:.1f} min; results in {out / f'results_{args.task}.json'}")
+    results = {"task": task_name, "train_minutes": round(minutes, 1), "untrained": before, "trained": after}
+    (out / f"results_{task_name}.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def run(args) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out).resolve()
+    data = out / "data"
+    ensure_corpus(data, args.seed)
+    all_results = []
+    for task_name in args.task:
+        try:
+            all_results.append(train_and_score(task_name, out, data, args))
+        except RuntimeError as err:
+            print(f"[demo] {task_name}: {err}", file=sys.stderr)
+            return 1
+    for results in all_results:
+        print(f"\n[demo] {results['task']}: trained in {results['train_minutes']:.1f} min "
+              f"(results_{results['task']}.json)")
+        print_table(results["untrained"], results["trained"])
     return 0

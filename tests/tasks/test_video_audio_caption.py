@@ -1,0 +1,89 @@
+"""video_caption and audio_caption: batches of real demo mp4/wav files, their prompts, and broken media."""
+import pytest
+
+from unival.data_utils.demo_corpus import write_demo_corpus
+from unival.tasks.audio_caption import AudioCaptionConfig, AudioCaptionTask
+from unival.tasks.video_caption import VideoCaptionConfig, VideoCaptionTask
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("media") / "data"
+    write_demo_corpus(folder, seed=4, num_videos=(6, 3, 3), num_audios=(6, 3, 3), modalities=("video", "audio"))
+    return folder
+
+
+def video_task(folder, **overrides):
+    values = dict(data=str(folder), tsv_prefix="video_caption", num_frames=4, patch_frame_size=32,
+                  train_subset="train", valid_subset="valid", seed=1, eval_cider=False)
+    values.update(overrides)
+    return VideoCaptionTask.setup_task(VideoCaptionConfig(**values))
+
+
+def audio_task(folder, **overrides):
+    values = dict(data=str(folder), tsv_prefix="audio_caption", audio_sample_rate=16000, audio_clip_seconds=1.5,
+                  train_subset="train", valid_subset="valid", seed=1, eval_cider=False)
+    values.update(overrides)
+    return AudioCaptionTask.setup_task(AudioCaptionConfig(**values))
+
+
+def first_batch(task, split, size=3):
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    return dataset.collater([dataset[i] for i in range(size)])
+
+
+def test_video_batches(corpus):
+    task = video_task(corpus)
+    batch = first_batch(task, "valid")
+    net_input = batch["net_input"]
+    assert net_input["patch_videos"].shape == (3, 3, 4, 32, 32)
+    assert net_input["patch_types"].tolist() == [1, 1, 1] and "patch_images" not in net_input
+    assert task.decode(net_input["src_tokens"][0]) == "what does the video describe?"
+    assert all(len(refs) == 4 for refs in batch["references"])
+    again = first_batch(video_task(corpus), "valid")
+    assert (again["net_input"]["patch_videos"] == net_input["patch_videos"]).all(), "evaluation is deterministic"
+
+
+def test_audio_batches_use_the_audio_prompt(corpus):
+    task = audio_task(corpus)
+    batch = first_batch(task, "train")
+    net_input = batch["net_input"]
+    assert net_input["patch_audios"].shape == (3, 24000)
+    assert net_input["patch_types"].tolist() == [2, 2, 2]
+    assert task.decode(net_input["src_tokens"][0]) == "what does the audio describe?"
+    assert net_input["patch_audios"].abs().amax(dim=1).min() > 0.01
+
+
+def test_a_truncated_video_names_file_and_line(corpus):
+    task = video_task(corpus)
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    video = corpus / dataset.reader.row(1)[4]
+    data = video.read_bytes()
+    try:
+        video.write_bytes(data[: len(data) // 3])
+        with pytest.raises(ValueError) as error:
+            dataset[1]
+        assert "video_caption_valid.tsv:2" in str(error.value) and video.name in str(error.value)
+        skipping = video_task(corpus, skip_bad_rows=True)
+        skipping.load_dataset("valid")
+        batch = skipping.dataset("valid").collater([skipping.dataset("valid")[i] for i in range(3)])
+        assert batch["num_skipped"] == 1 and batch["nsentences"] == 2
+    finally:
+        video.write_bytes(data)
+
+
+def test_a_missing_audio_file_names_file_and_line(corpus):
+    task = audio_task(corpus)
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    audio = corpus / dataset.reader.row(0)[4]
+    moved = audio.with_suffix(".moved")
+    audio.rename(moved)
+    try:
+        with pytest.raises(ValueError) as error:
+            dataset[0]
+        assert "audio_caption_valid.tsv:1" in str(error.value) and audio.name in str(error.value)
+    finally:
+        moved.rename(audio)
