@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unival.models.position import grid_position_ids
+from unival.models.weights import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -285,17 +286,6 @@ def check_frontend_options(sample_rate: int, window_size: int, hop_size: int, me
     if not 0 <= fmin < fmax <= sample_rate / 2:
         raise ValueError(f"mel range must satisfy 0 <= fmin < fmax <= sample_rate / 2; got fmin {fmin}, "
                          f"fmax {fmax}, sample rate {sample_rate}")
-
-
-def read_state_dict(file: Path) -> Dict[str, Tensor]:
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(file))
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            return state[key]
-    return state
 
 
 def build_audio_encoder(name: str, **options) -> PannBackbone:

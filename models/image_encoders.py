@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Optional
 
 import timm
-import torch
 import torch.nn as nn
 from torch import Tensor
+
+from unival.models.weights import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,7 @@ class ResNetBackbone(nn.Module):
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"image encoder weights not found: {file} (--image-encoder-path)")
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(file))
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state.get("model", state))
+        state = read_state_dict(file)
         kept_prefixes = ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, self.num_stages + 1))
         kept = {k: v for k, v in state.items() if k.startswith(kept_prefixes)}
         missing, unexpected = self.load_state_dict(kept, strict=False)

@@ -4,14 +4,14 @@ as (B, 3, T, H, W) clip -> (B, C, T', H', W') feature extractors, with the token
 import logging
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 from torchvision.models import video as tv_video
 
 from unival.models.position import grid_position_ids
+from unival.models.weights import read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -134,14 +134,14 @@ class VideoBackbone(nn.Module):
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"video encoder weights not found: {file} (--video-encoder-path)")
-        state = backbone_state_dict(state_dict_from_file(file))
+        state = backbone_state_dict(read_state_dict(file))
         try:
             missing, unexpected = self.load_state_dict(state, strict=False)
         except RuntimeError as err:  # a tensor of the wrong shape
             raise ValueError(f"{file} does not fit video encoder {self.name}: {err}") from err
         if missing or unexpected:
-            raise ValueError(f"{file} does not fit video encoder {self.name}: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
+            raise ValueError(f"{file} does not fit video encoder {self.name}: {len(missing)} missing keys "
+                             f"{shown(missing)}, {len(unexpected)} unexpected keys {shown(unexpected)}")
         logger.info("loaded video encoder %s weights from %s (%d tensors)", self.name, file, len(state))
 
     def forward(self, video: Tensor) -> Tensor:
@@ -151,16 +151,8 @@ class VideoBackbone(nn.Module):
         return x if self.keep_time else x.mean(dim=2, keepdim=True)
 
 
-def state_dict_from_file(file: Path) -> Dict[str, Tensor]:
-    """The tensors of a weights file: safetensors, or a torch pickle (plain, or under "state_dict"/"model")."""
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(file))
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            return state[key]
-    return state
+def shown(keys: List[str], limit: int = 10) -> str:
+    return str(keys) if len(keys) <= limit else f"{keys[:limit]} and {len(keys) - limit} more"
 
 
 def backbone_state_dict(state: Dict[str, Tensor]) -> Dict[str, Tensor]:

@@ -53,7 +53,7 @@ def score(model, task, split: str, title: str) -> dict:
     predictions, references = generate_split(model, task, split, beam=5, max_len=16)
     result = score_captions(predictions, references)
     example = next(iter(predictions))
-    print(f"[demo] {title}: {len(predictions)} test images scored in {time.time() - start:.0f} s; "
+    print(f"[demo] {title}: {len(predictions)} test samples scored in {time.time() - start:.0f} s; "
           f"e.g. {predictions[example]!r} (reference {references[example][0]!r})", flush=True)
     return {"scores": dict(result.scores), "skipped": dict(result.skipped), "example": predictions[example]}
 

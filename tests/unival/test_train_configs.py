@@ -1,6 +1,5 @@
 """Every YAML config loads, starts with the command that runs it, and turns into fairseq-train options
 that fairseq's own parser accepts; `unival train` passes paths and extra options through."""
-from pathlib import Path
 
 import pytest
 from fairseq import options
