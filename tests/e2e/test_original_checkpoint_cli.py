@@ -61,3 +61,34 @@ def test_fairseq_generate_on_the_original_checkpoint(fixtures_dir, data, tmp_pat
     predictions, _ = generate_split(model, task, "test", beam=5, max_len=10, no_repeat_ngram_size=0, batch_size=4)
     assert from_cli == predictions
     assert any(text for text in predictions.values()), "the reference model decodes real tokens"
+
+
+def test_fairseq_train_restores_the_original_checkpoint(fixtures_dir, data, tmp_path):
+    """--restore-file with the original's checkpoint: the model built from this project's options of the same
+    architecture takes every weight (an update with a negligible learning rate leaves its outputs unchanged)."""
+    import torch
+
+    folder = fixtures_dir / "unival_reference"
+    architecture = ["--arch", "unival_base", "--encoder-layers", "2", "--decoder-layers", "2",
+                    "--encoder-embed-dim", "256", "--decoder-embed-dim", "256", "--encoder-ffn-embed-dim", "1024",
+                    "--decoder-ffn-embed-dim", "1024", "--encoder-attention-heads", "4",
+                    "--decoder-attention-heads", "4", "--image-bucket-size", "16", "--image-encoder", "resnet50",
+                    "--image-encoder-stages", "3", "--code-layernorm-embedding"]
+    command = [str(Path(sys.executable).parent / "fairseq-train"), str(data), "--user-dir", plugin_dir(),
+               "--dict-file", str(data / "dict.txt"), "--save-dir", str(tmp_path), "--valid-subset", "test",
+               "--restore-file", str(folder / "checkpoint.pt"), "--reset-optimizer", "--reset-dataloader",
+               "--reset-meters", "--reset-lr-scheduler", "--max-update", "1", "--batch-size", "4",
+               "--optimizer", "adam", "--lr", "1e-12", "--criterion", "adjust_label_smoothed_cross_entropy",
+               "--no-epoch-checkpoints", "--disable-validation", "--num-workers", "0", "--eval-cider", "False"
+               ] + OPTIONS + architecture
+    command.remove("--eval-cider")
+    command.remove("False")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "Loaded checkpoint" in result.stdout + result.stderr
+    restored = dict(unival.load_checkpoint(tmp_path / "checkpoint_last.pt").named_parameters())
+    original = dict(unival.load_checkpoint(folder / "checkpoint.pt").named_parameters())
+    assert restored.keys() == original.keys()
+    # parameters moved by at most one Adam step of 1e-12 (BatchNorm running statistics do move in training)
+    assert max(float((restored[key] - original[key]).abs().max()) for key in original) < 1e-6
