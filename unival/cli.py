@@ -14,7 +14,8 @@ SUBCOMMANDS = {
 
 
 def build_parser(argv) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unival", description=__doc__)
+    parser = argparse.ArgumentParser(prog="unival", description="UnIVAL jobs: the demo, training from a YAML "
+                                     "config, evaluation and checkpoint conversion.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
