@@ -8,7 +8,6 @@ from fairseq import checkpoint_utils, options, tasks, utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.sequence_generator import SequenceGenerator
 
-from unival.train import plugin_dir
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +30,7 @@ def build_untrained(argv: List[str], seed: Optional[int] = None):
 
 
 def load_trained(path: str, overrides: Optional[Dict] = None):
-    """(model, task) from a checkpoint written by fairseq-train with this plugin."""
-    utils.import_user_module(type("Args", (), {"user_dir": plugin_dir()})())
+    """(model, task) from a checkpoint written by fairseq-train with this plugin (registered on import)."""
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides or {})
     return models[0].eval(), task
 

@@ -65,9 +65,7 @@ def test_fairseq_generate_on_the_original_checkpoint(fixtures_dir, data, tmp_pat
 
 def test_fairseq_train_restores_the_original_checkpoint(fixtures_dir, data, tmp_path):
     """--restore-file with the original's checkpoint: the model built from this project's options of the same
-    architecture takes every weight (an update with a negligible learning rate leaves its outputs unchanged)."""
-    import torch
-
+    architecture takes every weight (an update with a negligible learning rate leaves its parameters in place)."""
     folder = fixtures_dir / "unival_reference"
     architecture = ["--arch", "unival_base", "--encoder-layers", "2", "--decoder-layers", "2",
                     "--encoder-embed-dim", "256", "--decoder-embed-dim", "256", "--encoder-ffn-embed-dim", "1024",
