@@ -80,6 +80,19 @@ def confidences(dataset: "UnivalDataset", samples: List[dict]) -> Optional[torch
     return torch.tensor([1.0 if sample.get("conf") is None else float(sample["conf"]) for sample in samples])
 
 
+def constraint_masks(dataset: "UnivalDataset", samples: List[dict]) -> Optional[torch.Tensor]:
+    """(B, T, V) tokens allowed at each target position (an answer trie), padded with "nothing allowed"."""
+    masks = [sample.get("constraint_mask") for sample in samples]
+    if all(mask is None for mask in masks):
+        return None
+    if any(mask is None for mask in masks):
+        raise ValueError("'constraint_mask' is missing from some samples of the batch")
+    batch = masks[0].new_zeros(len(masks), max(mask.size(0) for mask in masks), masks[0].size(1))
+    for row, mask in enumerate(masks):
+        batch[row, :mask.size(0)] = mask
+    return batch
+
+
 BATCH_FIELDS: Dict[str, BatchField] = {
     "src_tokens": BatchField(("source",), padded_tokens("source")),
     "src_lengths": BatchField(("source",), source_lengths),
@@ -91,6 +104,7 @@ BATCH_FIELDS: Dict[str, BatchField] = {
     "prev_output_tokens": BatchField(("prev_output_tokens",), padded_tokens("prev_output_tokens")),
     "target": BatchField(("target",), padded_tokens("target"), net_input=False),
     "conf": BatchField(("conf",), confidences, net_input=False),
+    "constraint_masks": BatchField(("constraint_mask",), constraint_masks, net_input=False),
 }
 
 
@@ -262,3 +276,20 @@ class UnivalDataset(FairseqDataset):
         batches = super().batch_by_size(indices, max_tokens=max_tokens, max_sentences=max_sentences,
                                         required_batch_size_multiple=required_batch_size_multiple)
         return pad_batches_to_multiple(batches, self.num_shards)
+
+
+class MediaTextDataset(UnivalDataset):
+    """Rows with one media column: ``load_media(field, rng)`` turns it into the model's input tensor, stored under
+    ``media_key`` with ``patch_type`` (0 image, 1 video, 2 audio). Training randomness (frames, crops) is fixed by
+    (seed, epoch, row), so runs are reproducible; evaluation gets no generator and is deterministic."""
+
+    def __init__(self, *args, load_media: Callable, media_key: str = "patch_image", patch_type: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.load_media = load_media
+        self.media_key = media_key
+        self.patch_type = patch_type
+
+    def media_entries(self, field: str, index: int) -> Dict[str, Any]:
+        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.shuffle else None
+        return {self.media_key: self.load_media(field, rng), "patch_mask": torch.tensor(True),
+                "patch_type": self.patch_type}

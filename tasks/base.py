@@ -4,7 +4,7 @@ shards, generation that starts from ``<s>``, and logging of skipped rows. Tasks 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 import torch
 from fairseq import metrics
@@ -13,6 +13,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask
 from omegaconf import II
 
+from unival.data_utils.media import load_image
+from unival.data_utils.transforms import image_transform, imagenet_mean_std
 from unival.data_utils.tsv import TSVFormatError, TSVReader
 from unival.data_utils.vocab import GPT2BPE, build_unified_dictionary, decode_tokens, default_bpe_files
 
@@ -149,6 +151,26 @@ class UnivalTask(FairseqTask):
 
     def build_dataset(self, split: str, reader: TSVReader):
         raise NotImplementedError
+
+    # The media a task reads; video and audio tasks override these three.
+    media_key, patch_type = "patch_image", 0
+
+    def media_loader(self, training: bool) -> Callable:
+        """(media column, rng) -> the model's input tensor for this task's media."""
+        mean_std = {}
+        if self.cfg.imagenet_default_mean_and_std:
+            mean_std = dict(zip(("mean", "std"), imagenet_mean_std()))
+        transform = image_transform(self.cfg.patch_image_size, train=training, **mean_std)
+        return lambda field, rng: transform(load_image(field, self.media_dir))
+
+    def media_dataset_arguments(self, split: str, reader: TSVReader) -> Dict[str, Any]:
+        """Keyword arguments of a :class:`MediaTextDataset` for ``split``: shuffled with random augmentation in
+        training, in file order and deterministic otherwise."""
+        training = split == self.cfg.train_subset
+        return dict(split=split, reader=reader, dictionary=self.dictionary, bpe=self.bpe, data_dir=self.media_dir,
+                    seed=self.cfg.seed, skip_bad_rows=self.cfg.skip_bad_rows, max_src_length=self.cfg.max_src_length,
+                    max_tgt_length=self.cfg.max_tgt_length, shuffle=training, load_media=self.media_loader(training),
+                    media_key=self.media_key, patch_type=self.patch_type)
 
     def get_batch_iterator(self, dataset, *args, num_shards: int = 1, **kwargs):
         # In training every rank gets the same number of non-empty batches (the original crashed on an empty

@@ -2,7 +2,7 @@
 the validation split during training."""
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List
+from typing import Dict, Iterable, List
 
 import numpy as np
 import torch
@@ -10,9 +10,7 @@ from fairseq import metrics
 from fairseq.sequence_generator import SequenceGenerator
 from fairseq.tasks import register_task
 
-from unival.data_utils.dataset import UnivalDataset
-from unival.data_utils.media import load_image
-from unival.data_utils.transforms import image_transform, imagenet_mean_std
+from unival.data_utils.dataset import MediaTextDataset
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import normalize_caption
 from unival.metrics import cider_d, cider_document_frequency
@@ -34,19 +32,11 @@ class CaptionConfig(UnivalTaskConfig):
     eval_print_samples: bool = field(default=False, metadata={"help": "log a generated caption per batch"})
 
 
-class CaptionDataset(UnivalDataset):
-    """Rows ``id, media-id, caption, objects, media``; references of evaluation rows are joined by ``&&``.
+class CaptionDataset(MediaTextDataset):
+    """Rows ``id, media-id, caption, objects, media``; references of evaluation rows are joined by ``&&``."""
 
-    ``load_media(field, rng)`` turns the media column into the model's input tensor, stored under
-    ``media_key`` with ``patch_type`` (0 image, 1 video, 2 audio).
-    """
-
-    def __init__(self, *args, load_media: Callable, media_key: str = "patch_image", patch_type: int = 0,
-                 prompt: str = PROMPT, max_caption_words: int = 20, **kwargs):
+    def __init__(self, *args, prompt: str = PROMPT, max_caption_words: int = 20, **kwargs):
         super().__init__(*args, **kwargs)
-        self.load_media = load_media
-        self.media_key = media_key
-        self.patch_type = patch_type
         self.max_caption_words = max_caption_words
         self.prompt = self.encode(prompt, append_bos=True, append_eos=True)
 
@@ -58,16 +48,12 @@ class CaptionDataset(UnivalDataset):
         references = [text for text in references if text]
         if not references:
             raise ValueError(f"empty caption {caption!r}")
-        # training randomness (frames, crops) is fixed by (seed, epoch, row): runs are reproducible
-        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.shuffle else None
         target, prev_output_tokens = self.target_and_prev_output_tokens(
             self.encode(" " + references[0], length=self.max_tgt_length))
         return {
             "id": uniq_id,
             "source": self.prompt,
-            self.media_key: self.load_media(media, rng),
-            "patch_mask": torch.tensor(True),
-            "patch_type": self.patch_type,
+            **self.media_entries(media, index),
             "target": target,
             "prev_output_tokens": prev_output_tokens,
             "references": references,
@@ -89,25 +75,12 @@ class CaptionTask(UnivalTask):
             for caption in row[2].split(REFERENCE_SEPARATOR):
                 yield " " + normalize_caption(caption, 10_000)
 
-    media_key, patch_type, prompt = "patch_image", 0, PROMPT
-
-    def media_loader(self, training: bool) -> Callable:
-        """(media column, rng) -> the model's input tensor for this task's media."""
-        mean_std = {}
-        if self.cfg.imagenet_default_mean_and_std:
-            mean_std = dict(zip(("mean", "std"), imagenet_mean_std()))
-        transform = image_transform(self.cfg.patch_image_size, train=training, **mean_std)
-        return lambda field, rng: transform(load_image(field, self.media_dir))
+    prompt = PROMPT
 
     def build_dataset(self, split: str, reader: TSVReader) -> CaptionDataset:
         training = split == self.cfg.train_subset
-        dataset = CaptionDataset(
-            split, reader, self.dictionary, self.bpe, self.media_dir, seed=self.cfg.seed,
-            skip_bad_rows=self.cfg.skip_bad_rows, max_src_length=self.cfg.max_src_length,
-            max_tgt_length=self.cfg.max_tgt_length, shuffle=training, load_media=self.media_loader(training),
-            media_key=self.media_key, patch_type=self.patch_type, prompt=self.prompt,
-            max_caption_words=self.cfg.max_caption_words,
-        )
+        dataset = CaptionDataset(**self.media_dataset_arguments(split, reader), prompt=self.prompt,
+                                 max_caption_words=self.cfg.max_caption_words)
         if not training and self.cfg.eval_cider:
             references = [[normalize_caption(text, self.cfg.max_caption_words) for text in row[2].split(REFERENCE_SEPARATOR)]
                           for row in readable_rows(reader, self.cfg.skip_bad_rows)]

@@ -10,9 +10,25 @@ from unival.tasks.caption import CaptionConfig, CaptionTask
 
 
 @dataclass
-class VideoCaptionConfig(CaptionConfig):
+class VideoOptions:
+    """Frame sampling options of every video task."""
+
     num_frames: int = field(default=8, metadata={"help": "frames sampled per video, one per equal segment"})
     patch_frame_size: int = field(default=224, metadata={"help": "frames are resized and cropped to this size"})
+
+
+def video_loader(task, training: bool) -> Callable:
+    """(video column, rng) -> (C, T, H, W) frames for ``task`` (its config has the :class:`VideoOptions`)."""
+    transform = video_transform(task.cfg.patch_frame_size, train=training)
+
+    def load(field: str, rng) -> torch.Tensor:
+        return transform(load_video(field, task.media_dir, task.cfg.num_frames, train=training, rng=rng))
+    return load
+
+
+@dataclass
+class VideoCaptionConfig(CaptionConfig, VideoOptions):
+    pass
 
 
 @register_task("video_caption", dataclass=VideoCaptionConfig)
@@ -21,8 +37,4 @@ class VideoCaptionTask(CaptionTask):
     media_key, patch_type, prompt = "patch_video", 1, " what does the video describe?"
 
     def media_loader(self, training: bool) -> Callable:
-        transform = video_transform(self.cfg.patch_frame_size, train=training)
-
-        def load(field: str, rng) -> torch.Tensor:
-            return transform(load_video(field, self.media_dir, self.cfg.num_frames, train=training, rng=rng))
-        return load
+        return video_loader(self, training)
