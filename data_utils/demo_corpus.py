@@ -13,6 +13,8 @@ import numpy as np
 import soundfile
 from PIL import Image, ImageDraw
 
+from unival.data_utils.answers import format_answers, parse_answers  # noqa: F401 (re-exported)
+
 GENERATOR = "unival-demo-corpus"
 GENERATOR_VERSION = 1
 MANIFEST = "manifest.json"
@@ -429,22 +431,6 @@ def captions_for_sound(sound: Sound) -> List[str]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # TSV fields and files
-
-
-def format_answers(candidates: Sequence[Tuple[float, str]]) -> str:
-    """[(1.0, "two"), (0.6, "2")] -> "1.0|!+two&&0.6|!+2" (the OFA VQA answer column)."""
-    return "&&".join(f"{confidence:.1f}|!+{answer}" for confidence, answer in candidates)
-
-
-def parse_answers(field: str) -> List[Tuple[float, str]]:
-    """Inverse of :func:`format_answers`."""
-    pairs = []
-    for item in field.split("&&"):
-        confidence, separator, answer = item.partition("|!+")
-        if not separator or not answer:
-            raise ValueError(f"bad answer candidate {item!r} in {field!r} (expected CONFIDENCE|!+ANSWER)")
-        pairs.append((float(confidence), answer))
-    return pairs
 
 
 def format_box(box: Sequence[int]) -> str:

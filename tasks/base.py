@@ -1,6 +1,7 @@
 """What every unival task shares: TSV splits, the unified vocabulary and BPE, batching without empty
 shards, generation that starts from ``<s>``, and logging of skipped rows. Tasks add what they build from a row.
 """
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,8 @@ class UnivalTask(FairseqTask):
             train_path = cls.split_path(cfg, cfg.train_subset)
             logger.info("no --dict-file: building the vocabulary from %s", train_path)
             reader = TSVReader(str(train_path), selected_cols=cls.parse_columns(cfg))
-            texts = cls.corpus_texts(readable_rows(reader, cfg.skip_bad_rows))
+            texts = itertools.chain(cls.corpus_texts(readable_rows(reader, cfg.skip_bad_rows)),
+                                    cls.required_texts(cfg))
             dictionary = build_unified_dictionary(corpus_texts=texts, bpe=bpe, code_dict_size=cfg.code_dict_size,
                                                   num_bins=cfg.num_bins)
         logger.info("dictionary: %d symbols", len(dictionary))
@@ -107,6 +109,11 @@ class UnivalTask(FairseqTask):
     def corpus_texts(cls, rows: Iterable[List[str]]) -> Iterable[str]:
         """Texts of a split that the vocabulary must cover (used when no dict.txt is given)."""
         raise NotImplementedError
+
+    @classmethod
+    def required_texts(cls, cfg: UnivalTaskConfig) -> Iterable[str]:
+        """Texts beyond the training split that the vocabulary must cover (e.g. an answer list)."""
+        return ()
 
     @property
     def source_dictionary(self) -> Dictionary:

@@ -38,10 +38,15 @@ class RangeConstraint:
         return mask
 
 
+# Log-probability of a token outside the allowed set. Finite, unlike -inf: fairseq's beam search never finalises
+# -inf hypotheses, so a beam wider than the choices (beam 5 over three entailment answers) would never end.
+DISALLOWED = -1e4
+
+
 class ConstrainedEnsemble(EnsembleModel):
     """fairseq's ensemble wrapper whose next-token log-probabilities are renormalised over the allowed tokens, as
-    the loss of constrained training is. A hypothesis that left the allowed set (only possible when the beam is
-    wider than the choices) may only end, with score -inf."""
+    the loss of constrained training is; other tokens get :data:`DISALLOWED`, so hypotheses beyond the allowed
+    choices rank below every allowed one."""
 
     def __init__(self, models, constraint, eos: int):
         super().__init__(models)
@@ -52,12 +57,10 @@ class ConstrainedEnsemble(EnsembleModel):
     def forward_decoder(self, tokens, encoder_outs, incremental_states, temperature: float = 1.0):
         lprobs, attn = super().forward_decoder(tokens, encoder_outs, incremental_states, temperature)
         allowed = self.constraint.allowed(tokens, lprobs.size(-1)).to(lprobs.device)
-        stranded = ~allowed.any(-1)
-        allowed[stranded, self.eos] = True
-        lprobs = lprobs.masked_fill(~allowed, -torch.inf)
-        lprobs = lprobs - torch.logsumexp(lprobs, dim=-1, keepdim=True)
-        lprobs[stranded] = -torch.inf
-        return lprobs, attn
+        allowed &= ~torch.isinf(lprobs)  # never <pad>, never what the model itself rules out
+        kept = lprobs.masked_fill(~allowed, -torch.inf)
+        kept = kept - torch.logsumexp(kept, dim=-1, keepdim=True)
+        return torch.where(allowed, kept, torch.full_like(lprobs, DISALLOWED)), attn
 
 
 def constrained_generator(models: Sequence, dictionary: Dictionary, constraint, **kwargs) -> SequenceGenerator:
