@@ -193,6 +193,11 @@ class UnivalTask(FairseqTask):
             return generator.generate(models, sample, prefix_tokens=prefix_tokens, constraints=constraints,
                                       bos_token=self.target_dictionary.bos())
 
+    def predict(self, model, sample) -> list:
+        """The prediction for every sample of a batch (a caption, an answer, a box), in the form ``unival
+        evaluate`` scores against ``sample["references"]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not predict")
+
     def decode(self, tokens: torch.Tensor) -> str:
         """Token ids of a hypothesis or target -> detokenised text."""
         return decode_tokens(tokens, self.dictionary, self.bpe)

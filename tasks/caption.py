@@ -88,20 +88,21 @@ class CaptionTask(UnivalTask):
             self.document_frequency[split] = cider_document_frequency(references)
         return dataset
 
-    def build_model(self, cfg, from_checkpoint=False):
-        model = super().build_model(cfg, from_checkpoint)
-        if self.cfg.eval_cider:
-            self.eval_generator = SequenceGenerator(
-                [model], self.target_dictionary, beam_size=self.cfg.eval_beam, max_len_a=0,
-                max_len_b=self.cfg.eval_max_len, no_repeat_ngram_size=self.cfg.eval_no_repeat_ngram_size)
-        return model
+    def caption_generator(self, models) -> SequenceGenerator:
+        return SequenceGenerator(models, self.target_dictionary, beam_size=self.cfg.eval_beam, max_len_a=0,
+                                 max_len_b=self.cfg.eval_max_len,
+                                 no_repeat_ngram_size=self.cfg.eval_no_repeat_ngram_size)
+
+    def predict(self, model, sample) -> List[str]:
+        """The caption of every sample of the batch, with the validation decoding options (--eval-beam ...)."""
+        hypotheses = self.inference_step(self.caption_generator([model]), [model], sample)
+        return [self.decode(hypos[0]["tokens"]) for hypos in hypotheses]
 
     def valid_step(self, sample, model, criterion):
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         if self.cfg.eval_cider and sample:
-            hypotheses = self.inference_step(self.eval_generator, [model], sample)
-            predictions = {i: self.decode(hypos[0]["tokens"]) for i, hypos in enumerate(hypotheses)}
-            references = {i: refs for i, refs in enumerate(sample["references"])}
+            predictions = dict(enumerate(self.predict(model, sample)))
+            references = dict(enumerate(sample["references"]))
             frequency = self.document_frequency.get(self.cfg.valid_subset.split(",")[0])
             _, scores = cider_d(predictions, references, document_frequency=frequency)
             logging_output["_cider_score_sum"] = float(sum(scores))

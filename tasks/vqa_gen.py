@@ -165,13 +165,13 @@ class VqaGenTask(UnivalTask):
             generator.model = ConstrainedEnsemble(models, TrieConstraint(self.trie), self.target_dictionary.eos())
         return generator
 
-    def answer(self, model, sample, generator: Optional[SequenceGenerator] = None) -> List[str]:
+    def predict(self, model, sample) -> List[str]:
         """The answer to every question of the batch, by ``--val-inference-type``."""
         if self.cfg.val_inference_type == "allcand":
             scores = score_candidates(model, sample, self.candidates, self.dictionary.bos(), self.dictionary.pad(),
                                       chunk_size=self.cfg.candidate_chunk_size)
             return [self.answers[index] for index in scores.argmax(-1).tolist()]
-        generator = generator or self.answer_generator([model], self.cfg.eval_beam)
+        generator = self.answer_generator([model], self.cfg.eval_beam)
         hypotheses = self.inference_step(generator, [model], sample)
         return [self.decode(hypos[0]["tokens"]).strip() for hypos in hypotheses]
 
@@ -179,7 +179,7 @@ class VqaGenTask(UnivalTask):
         model = model if ema_model is None else ema_model.eval()
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         if self.cfg.eval_accuracy and sample:
-            predictions = self.answer(model, sample)
+            predictions = self.predict(model, sample)
             scores = [vqa_score(prediction, refs) for prediction, refs in zip(predictions, sample["references"])]
             logging_output["_vqa_score_sum"] = float(sum(scores))
             logging_output["_vqa_count"] = len(scores)

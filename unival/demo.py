@@ -50,7 +50,7 @@ def score(model, task, split: str, title: str) -> dict:
     from unival.metrics import score_captions
 
     start = time.time()
-    predictions, references = generate_split(model, task, split, beam=5, max_len=16)
+    predictions, references = generate_split(model, task, split, eval_beam=5, eval_max_len=16)
     result = score_captions(predictions, references)
     example = next(iter(predictions))
     print(f"[demo] {title}: {len(predictions)} test samples scored in {time.time() - start:.0f} s; "

@@ -1,12 +1,12 @@
-"""In-process generation for a split: the same task, batching and ``inference_step`` that
-``fairseq-generate`` uses, returning predictions by sample id (for the demo and the Python API)."""
+"""In-process prediction for a split: the same task and batching that ``fairseq-generate`` uses, returning each
+task's predictions and references by sample id (for the demo, ``unival evaluate --checkpoint`` and the Python API)."""
 import logging
+from contextlib import contextmanager
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from fairseq import checkpoint_utils, options, tasks, utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq.sequence_generator import SequenceGenerator
 
 
 logger = logging.getLogger(__name__)
@@ -35,22 +35,35 @@ def load_trained(path: str, overrides: Optional[Dict] = None):
     return models[0].eval(), task
 
 
-def generate_split(model, task, split: str, beam: int = 5, max_len: int = 22, no_repeat_ngram_size: int = 3,
-                   batch_size: int = 16) -> Tuple[Dict[str, str], Dict[str, List[str]]]:
-    """Decodes every sample of ``split``: returns (predictions, references), both keyed by sample id."""
+@contextmanager
+def overridden(cfg, **values):
+    """``cfg`` with ``values`` (those not None) in place for the duration of the block."""
+    values = {key: value for key, value in values.items() if value is not None}
+    saved = {key: getattr(cfg, key) for key in values}
+    for key, value in values.items():
+        setattr(cfg, key, value)
+    try:
+        yield cfg
+    finally:
+        for key, value in saved.items():
+            setattr(cfg, key, value)
+
+
+def generate_split(model, task, split: str, batch_size: int = 16,
+                   **options) -> Tuple[Dict[str, object], Dict[str, object]]:
+    """Predicts every sample of ``split`` with ``task.predict``: returns (predictions, references), both keyed by
+    sample id. ``options`` override the task's own for this call (``eval_beam=5, eval_max_len=16``)."""
     task.load_dataset(split)
     dataset = task.dataset(split)
-    generator = SequenceGenerator([model], task.target_dictionary, beam_size=beam, max_len_a=0,
-                                  max_len_b=max_len, no_repeat_ngram_size=no_repeat_ngram_size)
     iterator = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size, num_workers=0,
                                        max_positions=None).next_epoch_itr(shuffle=False)
     predictions, references = {}, {}
-    for sample in iterator:
-        if not sample:
-            continue
-        hypotheses = task.inference_step(generator, [model], sample)
-        for row, hypos in enumerate(hypotheses):
-            sample_id = str(sample["uniq_ids"][row])
-            predictions[sample_id] = task.decode(hypos[0]["tokens"])
-            references[sample_id] = sample["references"][row]
+    with overridden(task.cfg, **options), torch.no_grad():
+        for sample in iterator:
+            if not sample:
+                continue
+            for row, prediction in enumerate(task.predict(model, sample)):
+                sample_id = str(sample["uniq_ids"][row])
+                predictions[sample_id] = prediction
+                references[sample_id] = sample["references"][row]
     return predictions, references

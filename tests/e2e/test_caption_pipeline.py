@@ -87,8 +87,8 @@ def test_training_lifts_cider_far_above_the_untrained_model(corpus, trained):
     save_dir, _, _ = trained
     argv = [str(corpus), "--user-dir", plugin_dir()] + TRAIN_OPTIONS
     untrained, task = build_untrained(argv)
-    before = score_captions(*generate_split(untrained, task, "test", beam=2, max_len=16), metrics=("CIDEr",))
+    before = score_captions(*generate_split(untrained, task, "test", eval_beam=2, eval_max_len=16), metrics=("CIDEr",))
     model, task = load_trained(str(save_dir / "checkpoint_best.pt"), {"patch_image_size": 64})
-    after = score_captions(*generate_split(model, task, "test", beam=2, max_len=16), metrics=("CIDEr",))
+    after = score_captions(*generate_split(model, task, "test", eval_beam=2, eval_max_len=16), metrics=("CIDEr",))
     assert before.scores["CIDEr"] < 0.1
     assert after.scores["CIDEr"] > 0.5, after.scores

@@ -58,7 +58,8 @@ def test_fairseq_generate_on_the_original_checkpoint(fixtures_dir, data, tmp_pat
         data=str(data), tsv_prefix="caption", patch_image_size=256, code_dict_size=1024, num_bins=1000,
         dict_file=str(data / "dict.txt"), train_subset="train", valid_subset="test", seed=1, eval_cider=False))
     model = unival.load_checkpoint(checkpoint, dictionary=task.dictionary)
-    predictions, _ = generate_split(model, task, "test", beam=5, max_len=10, no_repeat_ngram_size=0, batch_size=4)
+    predictions, _ = generate_split(model, task, "test", batch_size=4, eval_beam=5, eval_max_len=10,
+                                    eval_no_repeat_ngram_size=0)
     assert from_cli == predictions
     assert any(text for text in predictions.values()), "the reference model decodes real tokens"
 

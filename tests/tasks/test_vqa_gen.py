@@ -77,7 +77,7 @@ def test_beam_search_answers_come_from_the_answer_list(corpus):
     task = vqa_task(corpus)
     model = task_model(task)
     batch = batch_of(task, "valid", 6)
-    answers = task.answer(model, batch)
+    answers = task.predict(model, batch)
     assert len(answers) == 6 and set(answers) <= set(task.answers)
 
 
@@ -95,7 +95,7 @@ def test_all_candidate_scores_are_teacher_forced_log_probabilities(corpus):
             logits = model(**single["net_input"], prev_output_tokens=previous)[0]
             expected = torch.log_softmax(logits, -1)[0].gather(-1, candidate.unsqueeze(-1)).sum()
             assert scores[row, index].item() == pytest.approx(expected.item(), abs=1e-4)
-    assert task.answer(model, batch) == [task.answers[i] for i in scores.argmax(-1).tolist()]
+    assert task.predict(model, batch) == [task.answers[i] for i in scores.argmax(-1).tolist()]
 
 
 def test_validation_reports_vqa_accuracy(corpus):
@@ -104,7 +104,7 @@ def test_validation_reports_vqa_accuracy(corpus):
     batch = batch_of(task, "valid", 4)
     criterion = AdjustLabelSmoothedCrossEntropyCriterion(task, sentence_avg=False)
     _, _, log = task.valid_step(batch, model, criterion)
-    predictions = task.answer(model, batch)
+    predictions = task.predict(model, batch)
     expected = sum(vqa_score(p, refs) for p, refs in zip(predictions, batch["references"]))
     assert log["_vqa_count"] == 4 and log["_vqa_score_sum"] == pytest.approx(expected)
     with metrics.aggregate() as aggregated:
@@ -143,4 +143,4 @@ def test_video_questions_read_frames_and_answer_inside_the_list(corpus):
     assert batch["net_input"]["patch_videos"].shape == (2, 3, 2, 32, 32)
     assert batch["net_input"]["patch_types"].tolist() == [1, 1]
     model = task_model(task, video_encoder="r3d_18")
-    assert set(task.answer(model, batch)) <= set(task.answers)
+    assert set(task.predict(model, batch)) <= set(task.answers)
