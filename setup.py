@@ -33,7 +33,8 @@ setup(
     version="0.1.0",
     description="UnIVAL re-implemented as a fairseq plugin: one model for image, video, audio and text tasks",
     python_requires=">=3.11,<3.12",
-    packages=["unival", "unival.configs"] + [f"unival.{name}" for name in SUBPACKAGES],
+    # unival.data_utils.prepare lives in data_utils/prepare/ (found through the unival.data_utils mapping)
+    packages=["unival", "unival.configs"] + [f"unival.{name}" for name in SUBPACKAGES] + ["unival.data_utils.prepare"],
     package_dir={"unival": "unival", "unival.configs": "configs", **{f"unival.{name}": name for name in SUBPACKAGES}},
     package_data={"unival.configs": ["*.yaml", "*/*.yaml"]},
     install_requires=REQUIREMENTS,

@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "train": ("unival.train", "run fairseq-train with the options of a YAML config from configs/"),
     "evaluate": ("unival.evaluate", "score predictions (JSON or fairseq-generate output) against references"),
     "convert": ("unival.convert", "export a checkpoint (original UnIVAL or ours) to safetensors + JSON config"),
+    "prepare": ("unival.prepare", "convert a benchmark's public annotation files into the TSV files of its task"),
 }
 
 
