@@ -44,21 +44,28 @@ def parse_constraint_range(value: Optional[str], vocab_size: int) -> Optional[Tu
     return start, end
 
 
-def label_smoothed_nll_loss(lprobs: Tensor, target: Tensor, epsilon: float,
-                            allowed: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """Per-token ``(loss, nll_loss)`` of log-probabilities (N, V) for targets (N,). The target gets 1 - epsilon
-    and every other allowed token epsilon / (allowed - 1); ``allowed`` is a (V,) or (N, V) mask, None for all."""
-    nll_loss = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+def label_smoothed_sum(values: Tensor, target: Tensor, epsilon: float, allowed: Optional[Tensor] = None) -> Tensor:
+    """Per-token expectation of ``values`` (N, V) under the smoothed target distribution: the target (N,) gets
+    1 - epsilon and every other allowed token epsilon / (allowed - 1); ``allowed`` is a (V,) or (N, V) mask,
+    None for all."""
+    target_values = values.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     if allowed is None:
-        smooth_loss = -lprobs.sum(-1)
-        others = max(lprobs.size(-1) - 1, 1)
+        smooth = values.sum(-1)
+        others = max(values.size(-1) - 1, 1)
     else:
-        # Disallowed tokens have log-probability -inf; they take no smoothing mass.
-        smooth_loss = -lprobs.masked_fill(~allowed, 0.0).sum(-1)
+        # Disallowed tokens (log-probability -inf) take no smoothing mass.
+        smooth = values.masked_fill(~allowed, 0.0).sum(-1)
         others = (allowed.sum(-1) - 1).clamp(min=1)  # one allowed token: the loss is 0, not 0 * inf
     eps_i = epsilon / others
-    loss = (1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss
-    return loss, nll_loss
+    return (1.0 - epsilon - eps_i) * target_values + eps_i * smooth
+
+
+def label_smoothed_nll_loss(lprobs: Tensor, target: Tensor, epsilon: float,
+                            allowed: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Per-token ``(loss, nll_loss)`` of log-probabilities (N, V) for targets (N,), smoothed as in
+    :func:`label_smoothed_sum`."""
+    nll_loss = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return label_smoothed_sum(-lprobs, target, epsilon, allowed), nll_loss
 
 
 def token_accuracy(meters) -> float:
@@ -104,7 +111,7 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
             logits = logits.masked_fill(~allowed, -math.inf)
         lprobs = model.get_normalized_probs((logits, *net_output[1:]), log_probs=True)
         target = target[scored]
-        loss, nll_loss = label_smoothed_nll_loss(lprobs, target, self.eps, allowed)
+        loss, nll_loss = self.token_losses(lprobs, target, allowed)
 
         conf = sample.get("conf")
         if conf is not None:
@@ -129,6 +136,10 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
             logging_output["n_correct"] = utils.item(lprobs.argmax(-1).eq(target).sum())
             logging_output["total"] = target.numel()
         return loss, sample_size, logging_output
+
+    def token_losses(self, lprobs: Tensor, target: Tensor, allowed: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Per-token ``(loss, nll_loss)`` of the scored positions; subclasses add terms to the loss here."""
+        return label_smoothed_nll_loss(lprobs, target, self.eps, allowed)
 
     def scored_positions(self, target: Tensor) -> Tensor:
         """(B, T) mask of the target positions in the loss: not padding, not in the ignored prefix, not eos when

@@ -81,12 +81,26 @@ class CaptionTask(UnivalTask):
         training = split == self.cfg.train_subset
         dataset = CaptionDataset(**self.media_dataset_arguments(split, reader), prompt=self.prompt,
                                  max_caption_words=self.cfg.max_caption_words)
-        if not training and self.cfg.eval_cider:
-            references = [[normalize_caption(text, self.cfg.max_caption_words) for text in row[2].split(REFERENCE_SEPARATOR)]
-                          for row in readable_rows(reader, self.cfg.skip_bad_rows)]
-            # CIDEr-D weighs n-grams by their rarity among the references of the split being validated.
-            self.document_frequency[split] = cider_document_frequency(references)
+        # CIDEr-D weighs n-grams by their rarity among the references of the split scored: the validation split
+        # for validation, the training split for an SCST reward (the criterion asks for it, see build_criterion).
+        if (self.cfg.eval_cider and not training) or (training and self.needs_training_frequency):
+            self.document_frequency[split] = cider_document_frequency(self.split_references(reader).values())
         return dataset
+
+    needs_training_frequency = False
+
+    def build_criterion(self, cfg):
+        criterion = super().build_criterion(cfg)
+        self.needs_training_frequency = getattr(cfg, "_name", None) == "scst_reward_criterion"
+        return criterion
+
+    def split_references(self, reader: TSVReader) -> Dict[str, List[str]]:
+        """Normalised reference captions of a split by media id (training files hold one caption a row)."""
+        references: Dict[str, List[str]] = {}
+        for row in readable_rows(reader, self.cfg.skip_bad_rows):
+            references.setdefault(row[1], []).extend(
+                normalize_caption(text, self.cfg.max_caption_words) for text in row[2].split(REFERENCE_SEPARATOR))
+        return references
 
     def caption_generator(self, models) -> SequenceGenerator:
         return SequenceGenerator(models, self.target_dictionary, beam_size=self.cfg.eval_beam, max_len_a=0,

@@ -1,5 +1,6 @@
-"""``unival evaluate``: scores predictions (a JSON list or fairseq-generate output) against references (a caption
-TSV, a JSON of id -> references, or COCO annotations), prints a table and writes the scores as JSON."""
+"""``unival evaluate``: scores any task's predictions (a JSON list or fairseq-generate output, or made here by a
+checkpoint) against the references of its TSV (captions also JSON or COCO annotations), prints a table and writes
+the scores as JSON."""
 import argparse
 import json
 import re
@@ -8,9 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
+
+from unival.data_utils.answers import answer_confidences
+from unival.data_utils.media import load_image
+from unival.data_utils.transforms import bins_to_box, parse_box, resize_box
 from unival.data_utils.tsv import TSVReader
-from unival.metrics import CAPTION_METRICS, DEFAULT_JAVA_TIMEOUT, score_captions
+from unival.metrics import CAPTION_METRICS, DEFAULT_JAVA_TIMEOUT, check_same_ids, score_captions
+from unival.task_metrics import entailment_accuracy, grounding_accuracy
 from unival.tasks.caption import REFERENCE_SEPARATOR
+from unival.tasks.vqa_gen import vqa_score
 
 CAPTION_TSV_COLUMNS = ("id", "image_id", "caption", "objects", "image")
 # How prediction ids name a reference row: a TSV column, or the 0-based row, which is what fairseq-generate
@@ -28,7 +36,7 @@ class InputError(ValueError):
 
 @dataclass
 class Predictions:
-    captions: Dict[str, str]
+    values: Dict[str, object]  # id -> prediction (caption, answer, box)
     id_kind: str  # "id", "image_id" or ROW: which references the ids name
     targets: Dict[str, List[str]] = field(default_factory=dict)  # T- lines of fairseq-generate output
 
@@ -78,29 +86,32 @@ def json_list_item_line(text: str, index: int) -> int:
 
 # ------------------------------------------------------------------------------------------------ predictions
 
-def json_predictions(path: str, text: str) -> Predictions:
-    """``[{"image_id" or "id": ..., "caption": ...}, ...]``; one id key for the whole file."""
+def json_predictions(path: str, text: str, value_key: str = "caption", id_keys: Sequence[str] = ("image_id", "id"),
+                     value_types: Tuple[type, ...] = (str,)) -> Predictions:
+    """``[{"image_id" (or "id"): ..., "caption": ...}, ...]`` (for captions; other tasks name the value and the id
+    keys differently); one id key for the whole file."""
+    keys = " (or ".join(f'"{key}"' for key in id_keys) + ")" * (len(id_keys) - 1)
     items = load_json(path, text)
     if not isinstance(items, list):
-        raise InputError(f"{path}: expected a JSON list of {{\"image_id\" (or \"id\"), \"caption\"}} objects, "
+        raise InputError(f"{path}: expected a JSON list of {{{keys}, \"{value_key}\"}} objects, "
                          f"got a {type(items).__name__}")
-    captions, id_kind = {}, None
+    values, id_kind = {}, None
     for index, item in enumerate(items):
         where = lambda: f"{path}:{json_list_item_line(text, index)}: prediction {index}"  # noqa: E731
-        if not isinstance(item, dict) or "caption" not in item or not ({"image_id", "id"} & item.keys()):
-            raise InputError(f"{where()}: expected an object with \"image_id\" (or \"id\") and \"caption\", "
-                             f"got {shorten(item)}")
-        name = "image_id" if "image_id" in item else "id"
+        if not isinstance(item, dict) or value_key not in item or not (set(id_keys) & item.keys()):
+            raise InputError(f"{where()}: expected an object with {keys} and \"{value_key}\", got {shorten(item)}")
+        name = next(key for key in id_keys if key in item)
         id_kind = id_kind or name
         if name != id_kind:
             raise InputError(f"{where()}: identified by {name!r} while earlier predictions use {id_kind!r}")
-        if not isinstance(item["caption"], str):
-            raise InputError(f"{where()}: \"caption\" must be a string, got {shorten(item['caption'])}")
+        if not isinstance(item[value_key], value_types):
+            kind = " or ".join({str: "a string", list: "a list of 4 numbers"}.get(t, t.__name__) for t in value_types)
+            raise InputError(f"{where()}: \"{value_key}\" must be {kind}, got {shorten(item[value_key])}")
         key = str(item[name])
-        if key in captions:
+        if key in values:
             raise InputError(f"{where()}: a second prediction for {name} {key!r}")
-        captions[key] = item["caption"]
-    return Predictions(captions, id_kind or "id")
+        values[key] = item[value_key]
+    return Predictions(values, id_kind or id_keys[-1])
 
 
 def parse_hypothesis(path: str, number: int, line: str) -> Tuple[str, str]:
@@ -136,11 +147,12 @@ def generate_output_predictions(path: str, text: str) -> Predictions:
     return Predictions({**hypotheses, **detokenized}, ROW, targets)
 
 
-def read_predictions(path: str) -> Predictions:
-    """Predictions of a JSON list or of fairseq-generate output, told apart by the content."""
+def read_predictions(path: str, **json_format) -> Predictions:
+    """Predictions of a JSON list (``json_format``: see :func:`json_predictions`) or of fairseq-generate output,
+    told apart by the content."""
     text = Path(path).read_text(encoding="utf-8-sig")
     if text.lstrip().startswith(("[", "{")):
-        return json_predictions(path, text)
+        return json_predictions(path, text, **json_format)
     return generate_output_predictions(path, text)
 
 
@@ -218,29 +230,200 @@ def evaluate_caption_predictions(predictions: Mapping, references: Mapping, metr
     return {"task": "caption", "num_predictions": len(predictions), **result.as_dict()}
 
 
-def evaluate_caption_files(args) -> Dict:
-    predictions = read_predictions(args.predictions)
+def caption_references(args, predictions: Predictions) -> Dict[str, List[str]]:
     if args.references:
         references = read_references(args.references, predictions.id_kind)
     elif predictions.targets:
         references = predictions.targets
     else:
         raise InputError(f"{args.predictions}: no references given (--references) and no T- lines to take them from")
-    if args.only_predicted_ids:
-        references = restricted_to(references, predictions.captions)
-    return evaluate_caption_predictions(predictions.captions, references, args.metrics, timeout=args.java_timeout,
+    return references
+
+
+def score_captions_of(predictions: Mapping, references: Mapping, args) -> Dict:
+    return evaluate_caption_predictions(predictions, references, args.metrics, timeout=args.java_timeout,
                                         spice_cache_dir=args.spice_cache)
 
 
-# Each task's evaluation reads its files and returns the results dictionary.
-EVALUATORS: Dict[str, Callable[[argparse.Namespace], Dict]] = {"caption": evaluate_caption_files}
+# ---- answers (VQA, entailment) and boxes (grounding): references are a column of the task's TSV ------------
+
+ENTAILMENT_LABELS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe",
+                     "yes": "yes", "no": "no", "maybe": "maybe"}
+BIN_TOKEN = re.compile(r"<bin_(\d+)>")
+
+
+def entailment_label(text: str) -> str:
+    label = ENTAILMENT_LABELS.get(text.strip().lower())
+    if label is None:
+        raise ValueError(f"label {text!r} is not one of {', '.join(ENTAILMENT_LABELS)}")
+    return label
+
+
+def tsv_column(path: str, id_kind: str, column: int, parse: Callable[[str], object],
+               id_columns: Mapping[str, int]) -> Dict[str, object]:
+    """``parse`` of column ``column`` of every row of a task TSV, keyed as the predictions name the rows;
+    a value that does not parse raises with the file and line."""
+    reader = TSVReader(path, cache_index=False)
+    try:
+        values = {}
+        for index in range(len(reader)):
+            row = reader.row(index)
+            if len(row) <= column:
+                raise InputError(f"{path}:{reader.line_number(index)}: expected at least {column + 1} columns, "
+                                 f"got {len(row)}")
+            try:
+                value = parse(row[column])
+            except ValueError as err:
+                raise InputError(f"{path}:{reader.line_number(index)}: {err}") from err
+            values[str(index) if id_kind == ROW else row[id_columns[id_kind]]] = value
+        return values
+    finally:
+        reader.close()
+
+
+def references_file(args) -> str:
+    if not args.references:
+        raise InputError(f"--task {args.task} needs --references (the task's TSV of the split)")
+    return args.references
+
+
+def vqa_references(args, predictions: Predictions) -> Dict[str, Dict[str, float]]:
+    return tsv_column(references_file(args), predictions.id_kind, 3, answer_confidences, {"question_id": 0, "id": 0})
+
+
+def entailment_references(args, predictions: Predictions) -> Dict[str, str]:
+    return tsv_column(references_file(args), predictions.id_kind, 5, entailment_label, {"id": 0})
+
+
+def grounding_references(args, predictions: Predictions) -> Dict[str, Tuple[float, ...]]:
+    return tsv_column(references_file(args), predictions.id_kind, 3, parse_box, {"id": 0})
+
+
+def score_answers(predictions: Mapping[str, str], references: Mapping[str, Dict[str, float]], args) -> Dict:
+    """VQA accuracy (percent): the mean confidence of the reference answer each prediction matches."""
+    check_same_ids(predictions, references)
+    total = sum(vqa_score(str(predictions[key]).strip(), references[key]) for key in references)
+    return {"task": args.task, "num_predictions": len(predictions),
+            "scores": {"accuracy": 100.0 * total / len(references)}, "skipped": {}}
+
+
+def score_entailment(predictions: Mapping[str, str], references: Mapping[str, str], args) -> Dict:
+    check_same_ids(predictions, references)
+    keys = list(references)
+    accuracy = entailment_accuracy([str(predictions[key]) for key in keys], [references[key] for key in keys])
+    return {"task": args.task, "num_predictions": len(predictions), "scores": {"accuracy": accuracy},
+            "skipped": {}}
+
+
+def score_grounding(predictions: Mapping[str, Sequence[float]], references: Mapping[str, Sequence[float]],
+                    args) -> Dict:
+    """Acc@0.5 overall and by the size of the reference box (small / medium / large, COCO's area thresholds)."""
+    check_same_ids(predictions, references)
+    keys = list(references)
+    for key in keys:
+        if len(predictions[key]) != 4:
+            raise InputError(f"the predicted box of {key!r} has {len(predictions[key])} coordinates, expected 4")
+    summary = grounding_accuracy(torch.tensor([list(map(float, predictions[key])) for key in keys]),
+                                 torch.tensor([list(references[key]) for key in keys]))
+    scores = {("Acc@0.5" + name[len("accuracy"):].replace("_", " ")): value
+              for name, value in summary.items() if name.startswith("accuracy")}
+    counts = {name: value for name, value in summary.items() if name.startswith("count")}
+    return {"task": args.task, "num_predictions": len(predictions), "scores": scores, "skipped": {},
+            "counts": counts}
+
+
+def boxes_of_generated_bins(args, predictions: Predictions) -> Dict[str, List[float]]:
+    """fairseq-generate prints grounding hypotheses as four ``<bin_k>`` tokens over the resized image; the
+    boxes in pixels of each original image (read from the references TSV) need --patch-image-size."""
+    if args.patch_image_size is None:
+        raise InputError("--task refcoco with fairseq-generate output needs --patch-image-size (the resolution the "
+                         "model saw) to turn <bin> tokens into boxes")
+    reader = TSVReader(references_file(args), cache_index=False)
+    media_dir = str(Path(args.references).parent)
+    try:
+        boxes = {}
+        for key, text in predictions.values.items():
+            bins = [int(k) for k in BIN_TOKEN.findall(str(text))]
+            if len(bins) != 4:
+                raise InputError(f"{args.predictions}: the hypothesis of sample {key} is not four <bin> tokens: "
+                                 f"{shorten(text)}")
+            index = int(key)
+            where = f"{args.references}:{reader.line_number(index)}"
+            size = load_image(reader.row(index)[4], media_dir, source=where).size
+            square = bins_to_box(bins, args.patch_image_size, args.num_bins)
+            boxes[key] = list(resize_box(square, args.patch_image_size, size))
+        return boxes
+    finally:
+        reader.close()
+
+
+@dataclass(frozen=True)
+class TaskEvaluation:
+    """How ``unival evaluate`` reads and scores one kind of task's predictions."""
+
+    json_format: Dict  # value_key, id_keys, value_types of the JSON predictions
+    references: Callable[[argparse.Namespace, Predictions], Dict]
+    score: Callable[[Mapping, Mapping, argparse.Namespace], Dict]
+    from_generate: Optional[Callable[[argparse.Namespace, Predictions], Dict]] = None  # D- texts -> predictions
+
+
+CAPTIONS = TaskEvaluation(dict(value_key="caption", id_keys=("image_id", "id")), caption_references,
+                          score_captions_of)
+ANSWERS = TaskEvaluation(dict(value_key="answer", id_keys=("question_id", "id")), vqa_references, score_answers)
+EVALUATORS: Dict[str, TaskEvaluation] = {
+    "caption": CAPTIONS, "video_caption": CAPTIONS, "audio_caption": CAPTIONS,
+    "vqa_gen": ANSWERS, "video_vqa_gen": ANSWERS,
+    "snli_ve": TaskEvaluation(dict(value_key="answer", id_keys=("id",)), entailment_references, score_entailment),
+    "refcoco": TaskEvaluation(dict(value_key="box", id_keys=("id",), value_types=(list,)), grounding_references,
+                              score_grounding, from_generate=boxes_of_generated_bins),
+}
+
+
+def evaluate_files(args) -> Dict:
+    """Scores a predictions file (JSON or fairseq-generate output) against the references of ``args.task``."""
+    evaluation = EVALUATORS[args.task]
+    predictions = read_predictions(args.predictions, **evaluation.json_format)
+    references = evaluation.references(args, predictions)
+    values = predictions.values
+    if predictions.id_kind == ROW and evaluation.from_generate is not None:
+        values = evaluation.from_generate(args, predictions)
+    if args.only_predicted_ids:
+        references = restricted_to(references, values)
+    return evaluation.score(values, references, args)
+
+
+def evaluate_checkpoint(args) -> Dict:
+    """Loads a model, predicts ``--split`` of ``--data`` with the task built from ``--task`` and the options after
+    ``--`` (as fairseq-generate would), and scores the predictions: finetuned and zero-shot evaluation alike."""
+    from unival.checkpoint import load_checkpoint
+    from unival.generate import build_task, generate_split
+
+    if not args.data:
+        raise InputError("--checkpoint needs --data (the folder of the task's TSV files)")
+    from unival.train import task_options_argv
+
+    config_argv = task_options_argv(args.config) if args.config else []
+    task = build_task(args.task, args.data, config_argv + list(args.passthrough))
+    model = load_checkpoint(args.checkpoint, ema=args.ema, dictionary=task.target_dictionary)
+    predictions, references = generate_split(model, task, args.split, batch_size=args.batch_size)
+    if args.save_predictions:
+        save_predictions(args.save_predictions, predictions, EVALUATORS[args.task].json_format)
+    results = EVALUATORS[args.task].score(predictions, references, args)
+    return {**results, "checkpoint": str(args.checkpoint), "split": args.split}
+
+
+def save_predictions(path: str, predictions: Mapping, json_format: Dict) -> None:
+    """Predictions as the JSON list ``unival evaluate --predictions`` reads back."""
+    id_key, value_key = json_format["id_keys"][-1], json_format["value_key"]
+    items = [{id_key: key, value_key: list(value) if isinstance(value, tuple) else value}
+             for key, value in predictions.items()]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(items, indent=1) + "\n", encoding="utf-8")
 
 
 def task_name(value: str) -> str:
     if value not in EVALUATORS:
-        raise argparse.ArgumentTypeError(
-            f"no evaluation for {value!r} yet (available: {', '.join(EVALUATORS)}; video and audio captions are "
-            f"scored with 'caption'); the metrics of other tasks come with their task")
+        raise argparse.ArgumentTypeError(f"no evaluation for {value!r} (available: {', '.join(EVALUATORS)})")
     return value
 
 
@@ -248,7 +431,8 @@ def results_table(results: Dict) -> str:
     rows = [(name, f"{value:.4f}") for name, value in results["scores"].items()]
     rows += [(name, f"skipped: {reason}") for name, reason in results["skipped"].items()]
     width = max([len("metric")] + [len(name) for name, _ in rows])
-    lines = [f"{results['task']}: {results['num_predictions']} predictions, tokenizer: {results['tokenizer']}",
+    tokenizer = f", tokenizer: {results['tokenizer']}" if "tokenizer" in results else ""
+    lines = [f"{results['task']}: {results['num_predictions']} predictions{tokenizer}",
              f"{'metric':<{width}}  score"]
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
     return "\n".join(lines)
@@ -256,27 +440,43 @@ def results_table(results: Dict) -> str:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--task", type=task_name, default="caption", metavar="{" + ",".join(EVALUATORS) + "}",
-                        help="what the predictions are (default: caption; also for video and audio captions)")
-    parser.add_argument("--predictions", required=True,
-                        help="JSON list of {\"image_id\" (or \"id\"), \"caption\"} objects, or the output of "
-                             "fairseq-generate (its D- lines, else H- lines; ids are the 0-based TSV rows)")
+                        help="what the predictions are (default: caption)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions",
+                        help="JSON list of predictions ({\"image_id\" or \"id\", \"caption\"}; {\"question_id\", "
+                             "\"answer\"} for VQA; {\"id\", \"answer\"} for snli_ve; {\"id\", \"box\": [x0, y0, x1, "
+                             "y1]} for refcoco), or the output of fairseq-generate (its D- lines, else H- lines; ids "
+                             "are the 0-based TSV rows)")
+    source.add_argument("--checkpoint",
+                        help="predict with this model instead (ours, an original UnIVAL checkpoint, or a folder from "
+                             "'unival convert'): needs --data; task options such as --dict-file go after '--'")
     parser.add_argument("--references",
-                        help="caption TSV (id, image_id, caption with references joined by '&&', objects, image), "
-                             "JSON {id: [references]} or COCO annotations; default: the T- lines of fairseq-generate")
+                        help="captions: TSV, JSON {id: [references]} or COCO annotations (default: the T- lines of "
+                             "fairseq-generate); other tasks: the task's TSV of the split")
     parser.add_argument("--only-predicted-ids", action="store_true",
                         help="score only the reference ids that have a prediction (e.g. the Karpathy test images "
                              "against captions_val2014.json); without it a missing prediction is an error")
     parser.add_argument("--metrics", nargs="+", choices=CAPTION_METRICS, default=list(CAPTION_METRICS),
-                        help="metrics to compute (default: all)")
+                        help="caption metrics to compute (default: all)")
     parser.add_argument("--output", help="write the results as JSON to this file")
     parser.add_argument("--java-timeout", type=float, default=DEFAULT_JAVA_TIMEOUT,
                         help="seconds each Java step (tokenizer, METEOR, SPICE) may run before it is given up")
     parser.add_argument("--spice-cache", help="folder where SPICE caches parsed references between runs")
+    parser.add_argument("--patch-image-size", type=int,
+                        help="refcoco with fairseq-generate output: the image size the model saw")
+    parser.add_argument("--num-bins", type=int, default=1000, help="refcoco: number of <bin> tokens (default 1000)")
+    parser.add_argument("--data", help="--checkpoint: the folder of the task's TSV files")
+    parser.add_argument("--config", help="--checkpoint: take the task's options (dictionary, resolution, decoding) "
+                                         "from this training config, e.g. vqav2/finetune; options after '--' win")
+    parser.add_argument("--split", default="test", help="--checkpoint: the split to predict (default: test)")
+    parser.add_argument("--ema", action="store_true", help="--checkpoint: use the EMA weights the checkpoint holds")
+    parser.add_argument("--batch-size", type=int, default=16, help="--checkpoint: samples per batch")
+    parser.add_argument("--save-predictions", help="--checkpoint: also write the predictions as JSON here")
 
 
 def run(args) -> int:
     try:
-        results = EVALUATORS[args.task](args)
+        results = evaluate_checkpoint(args) if args.checkpoint else evaluate_files(args)
     except (ValueError, OSError) as err:
         print(f"unival evaluate: error: {err}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 task's predictions and references by sample id (for the demo, ``unival evaluate --checkpoint`` and the Python API)."""
 import logging
 from contextlib import contextmanager
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from fairseq import checkpoint_utils, options, tasks, utils
@@ -17,6 +17,17 @@ def config_from_train_args(argv: List[str]):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, input_args=argv)
     return convert_namespace_to_omegaconf(args)
+
+
+def build_task(name: str, data: str, argv: Sequence[str] = ()):
+    """The task ``name`` on ``data`` with the task options of ``argv`` (``["--dict-file", ...]``), as
+    ``fairseq-generate DATA --task NAME --user-dir <unival> argv`` would set it up."""
+    from unival.train import plugin_dir
+
+    parser = options.get_generation_parser(default_task=name)
+    args = options.parse_args_and_arch(parser, input_args=[data, "--task", name, "--user-dir", plugin_dir(), *argv])
+    cfg = convert_namespace_to_omegaconf(args)
+    return tasks.setup_task(cfg.task)
 
 
 def build_untrained(argv: List[str], seed: Optional[int] = None):

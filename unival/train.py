@@ -65,6 +65,19 @@ def plugin_dir() -> str:
     return str(Path(unival.__file__).resolve().parent)
 
 
+def task_options_argv(config: str) -> List[str]:
+    """The options of a config that configure its task (data layout, vocabulary, resolution, decoding), as
+    arguments: evaluating with the training config's task needs these and nothing else."""
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    options = load_config(find_config(config))
+    task = options.get("task")
+    if task not in TASK_DATACLASS_REGISTRY:
+        raise ValueError(f"config {config!r} names no registered task (task: {task!r})")
+    fields = TASK_DATACLASS_REGISTRY[task].__dataclass_fields__
+    return options_to_argv({key: value for key, value in options.items() if key in fields and key != "data"})
+
+
 def train_command(config: str, data: str, save_dir: str, extra: Optional[List[str]] = None) -> List[str]:
     options = load_config(find_config(config))
     options.pop("command", None)

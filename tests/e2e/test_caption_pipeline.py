@@ -79,6 +79,17 @@ def test_generate_and_evaluate_from_the_command_line(corpus, trained, tmp_path):
     assert scores["num_predictions"] == 24
     assert 0 <= scores["scores"]["BLEU-4"] <= 1 and scores["scores"]["CIDEr"] > 0
 
+    # the same model scored in one step: unival evaluate --checkpoint builds the task as fairseq-generate does
+    run([str(BIN / "unival"), "evaluate", "--task", "caption", "--checkpoint", str(save_dir / "checkpoint_best.pt"),
+         "--data", str(corpus), "--split", "test", "--metrics", "CIDEr", "--save-predictions",
+         str(tmp_path / "predictions.json"), "--output", str(tmp_path / "direct.json"), "--",
+         "--tsv-prefix", "caption", "--patch-image-size", "64", "--eval-beam", "5", "--eval-max-len", "16"], tmp_path)
+    direct = json.loads((tmp_path / "direct.json").read_text())
+    assert direct["num_predictions"] == 24 and direct["split"] == "test"
+    assert direct["scores"]["CIDEr"] == pytest.approx(scores["scores"]["CIDEr"], abs=0.05)
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    assert len(saved) == 24 and set(saved[0]) == {"id", "caption"}
+
 
 def test_training_lifts_cider_far_above_the_untrained_model(corpus, trained):
     from unival.generate import build_untrained, generate_split, load_trained

@@ -136,3 +136,16 @@ def test_generation_starts_from_bos(tmp_path):
     recorder = Recorder()
     task.inference_step(recorder, [], {})
     assert recorder.kwargs["bos_token"] == task.dictionary.bos() == 0
+
+
+def test_scst_criterion_makes_the_task_count_training_n_grams_per_image(tmp_path):
+    from unival.criterions.scst_reward_criterion import ScstRewardCriterionConfig
+
+    write_split(tmp_path, "train", GOOD + [["3", "10", "A round red shape.", "", png_base64()]])
+    task = make_task(tmp_path)
+    task.build_criterion(ScstRewardCriterionConfig(_name="scst_reward_criterion"))
+    task.load_dataset("train")
+    frequency = task.document_frequency["train"]
+    # rows 1 and 3 show image 10: "red" appears in one document for it, and "green" in image 11's
+    assert frequency.num_documents == 2
+    assert frequency.counts[("red",)] == 1 and frequency.counts[("green",)] == 1 and frequency.counts[("a",)] == 2

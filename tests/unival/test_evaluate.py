@@ -60,7 +60,7 @@ def generate_file(tmp_path):
 def test_generate_output_prefers_detokenized_best_hypothesis(generate_file):
     predictions = read_predictions(str(generate_file))
     assert predictions.id_kind == ROW
-    assert predictions.captions == {"1": "a blue square next to a green circle",
+    assert predictions.values == {"1": "a blue square next to a green circle",
                                     "0": "a red circle above a yellow triangle", "2": ""}
     assert predictions.targets == {"1": ["a blue square next to a green circle", "a green circle beside a blue square"],
                                    "0": ["a red circle above a yellow triangle"],
@@ -70,7 +70,7 @@ def test_generate_output_prefers_detokenized_best_hypothesis(generate_file):
 def test_generate_output_falls_back_to_h_lines(tmp_path):
     path = tmp_path / "generate.txt"
     path.write_text("H-7\t-0.5\ta cat on a mat\nH-8\t-0.7\n", encoding="utf-8")
-    assert read_predictions(str(path)).captions == {"7": "a cat on a mat", "8": ""}
+    assert read_predictions(str(path)).values == {"7": "a cat on a mat", "8": ""}
 
 
 @pytest.mark.parametrize("bad_line", ["H-3 -0.5 a cat", "H-3\tnot-a-score\ta cat", "D-\t-0.5\ta cat"])
@@ -92,7 +92,7 @@ def test_json_predictions(tmp_path):
     path = tmp_path / "predictions.json"
     path.write_text(json.dumps([{"image_id": 100, "caption": "a red circle"}, {"image_id": "101", "caption": ""}]))
     predictions = read_predictions(str(path))
-    assert (predictions.id_kind, predictions.captions) == ("image_id", {"100": "a red circle", "101": ""})
+    assert (predictions.id_kind, predictions.values) == ("image_id", {"100": "a red circle", "101": ""})
 
 
 @pytest.mark.parametrize("items, line, message", [
@@ -238,12 +238,93 @@ def test_cli_missing_predictions_are_named(tmp_path, capsys):
     assert "no prediction for 2 of 3 reference ids: 'img1-cap', 'img2-cap'" in capsys.readouterr().err
 
 
-def test_cli_other_tasks_are_refused_with_a_reason(tmp_path, capsys):
+def test_cli_unknown_tasks_are_refused(capsys):
     with pytest.raises(SystemExit) as caught:
-        cli_main(["evaluate", "--task", "vqa_gen", "--predictions", "p.json"])
+        cli_main(["evaluate", "--task", "nonsense", "--predictions", "p.json"])
     assert caught.value.code == 2
-    error = capsys.readouterr().err
-    assert "no evaluation for 'vqa_gen' yet" in error and "come with their task" in error
+    assert "no evaluation for 'nonsense' (available: caption," in capsys.readouterr().err
+
+
+VQA_ROWS = [["q1", "100", "what colour is it?", "1.0|!+red&&0.3333|!+dark red", "", "BASE64"],
+            ["q2", "100", "how many?", "1.0|!+two&&0.6|!+2", "", "BASE64"],
+            ["q3", "101", "is it round?", "1.0|!+yes", "", "BASE64"]]
+
+
+def test_vqa_accuracy_of_json_predictions(tmp_path):
+    references = write_tsv(tmp_path / "vqa_test.tsv", VQA_ROWS)
+    predictions = tmp_path / "answers.json"
+    predictions.write_text(json.dumps([{"question_id": "q1", "answer": "dark red"}, {"question_id": "q2", "answer": "2"},
+                                       {"question_id": "q3", "answer": "no"}]))
+    output = tmp_path / "results.json"
+    assert cli_main(["evaluate", "--task", "vqa_gen", "--predictions", str(predictions), "--references",
+                     str(references), "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["scores"]["accuracy"] == pytest.approx(100 * (0.3333 + 0.6 + 0) / 3)
+
+
+def test_vqa_accuracy_of_generate_output_by_row(tmp_path):
+    references = write_tsv(tmp_path / "vqa_test.tsv", VQA_ROWS)
+    generated = tmp_path / "gen.txt"
+    generated.write_text("D-0\t-0.1\tred\nD-2\t-0.2\tyes\nD-1\t-0.3\tthree\n")
+    output = tmp_path / "results.json"
+    assert cli_main(["evaluate", "--task", "vqa_gen", "--predictions", str(generated), "--references",
+                     str(references), "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["scores"]["accuracy"] == pytest.approx(100 * 2 / 3)
+
+
+def test_entailment_accuracy_maps_snli_labels(tmp_path):
+    rows = [["1", "7", "IMG", "a dog runs", "a dog", "entailment"], ["2", "7", "IMG", "a cat", "a dog", "no"],
+            ["3", "8", "IMG", "it is heavy", "a box", "neutral"], ["4", "8", "IMG", "x", "y", "contradiction"]]
+    references = write_tsv(tmp_path / "snli_ve_test.tsv", rows)
+    predictions = tmp_path / "p.json"
+    predictions.write_text(json.dumps([{"id": i, "answer": a} for i, a in
+                                       [("1", "yes"), ("2", "no"), ("3", "yes"), ("4", "maybe")]]))
+    output = tmp_path / "r.json"
+    assert cli_main(["evaluate", "--task", "snli_ve", "--predictions", str(predictions), "--references",
+                     str(references), "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["scores"] == {"accuracy": 50.0}
+    rows[1][5] = "perhaps"
+    write_tsv(references, rows)
+    with pytest.raises(InputError, match=r"snli_ve_test.tsv:2: label 'perhaps' is not one of"):
+        from unival.evaluate import entailment_references, read_predictions as read
+        entailment_references(type("A", (), {"references": str(references), "task": "snli_ve"}),
+                              read(str(predictions), value_key="answer", id_keys=("id",)))
+
+
+def png_base64(width, height):
+    import base64
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_grounding_accuracy_by_size_from_json_and_from_generated_bins(tmp_path):
+    # image 200x100; boxes: 20x20 (small), 60x50 (medium), 150x80 (large)
+    image = png_base64(200, 100)
+    rows = [["r0", "1", "left", "0,0,20,20", image], ["r1", "1", "middle", "50,25,110,75", image],
+            ["r2", "1", "all", "10,10,160,90", image]]
+    references = write_tsv(tmp_path / "refcoco_test.tsv", rows)
+    predictions = tmp_path / "boxes.json"
+    # IoU: 1.0 (hit); 30x50 inside the 60x50 box = 0.5 (hit); a disjoint box (miss)
+    predictions.write_text(json.dumps([{"id": "r0", "box": [0, 0, 20, 20]}, {"id": "r1", "box": [50, 25, 80, 75]},
+                                       {"id": "r2", "box": [170, 0, 200, 10]}]))
+    output = tmp_path / "r.json"
+    assert cli_main(["evaluate", "--task", "refcoco", "--predictions", str(predictions), "--references",
+                     str(references), "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert results["scores"] == pytest.approx({"Acc@0.5": 200 / 3, "Acc@0.5 small": 100.0, "Acc@0.5 medium": 100.0,
+                                               "Acc@0.5 large": 0.0})
+    # fairseq-generate prints bins over the 100x100 resized image: bin k -> k / 999 * 100 resized pixels
+    generated = tmp_path / "gen.txt"
+    generated.write_text("D-0\t-0.1\t<bin_0><bin_0><bin_100><bin_200>\n"
+                         "D-1\t-0.1\t<bin_250> <bin_250> <bin_549> <bin_749>\n"
+                         "D-2\t-0.1\t<bin_0><bin_0><bin_10><bin_10>\n")
+    assert cli_main(["evaluate", "--task", "refcoco", "--predictions", str(generated), "--references",
+                     str(references), "--patch-image-size", "100", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["scores"]["Acc@0.5"] == pytest.approx(200 / 3)
+    assert cli_main(["evaluate", "--task", "refcoco", "--predictions", str(generated), "--references",
+                     str(references)]) == 2
 
 
 @pytest.mark.e2e
