@@ -203,7 +203,8 @@ class UnivalTask(FairseqTask):
         return decode_tokens(tokens, self.dictionary, self.bpe)
 
     # ---- logging ----------------------------------------------------------------------------------------
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        # kwargs: fairseq passes ema_model= to tasks that use EMA (--store-ema)
         if hasattr(criterion, "set_num_updates"):  # fairseq tells only the model; drop-worst needs the count too
             criterion.set_num_updates(update_num)
         loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,

@@ -362,20 +362,23 @@ class TaskEvaluation:
     """How ``unival evaluate`` reads and scores one kind of task's predictions."""
 
     json_format: Dict  # value_key, id_keys, value_types of the JSON predictions
+    saved_id_key: str  # the id key of predictions written by --save-predictions (row ids of the TSV's column 0)
     references: Callable[[argparse.Namespace, Predictions], Dict]
     score: Callable[[Mapping, Mapping, argparse.Namespace], Dict]
     from_generate: Optional[Callable[[argparse.Namespace, Predictions], Dict]] = None  # D- texts -> predictions
 
 
-CAPTIONS = TaskEvaluation(dict(value_key="caption", id_keys=("image_id", "id")), caption_references,
+CAPTIONS = TaskEvaluation(dict(value_key="caption", id_keys=("image_id", "id")), "id", caption_references,
                           score_captions_of)
-ANSWERS = TaskEvaluation(dict(value_key="answer", id_keys=("question_id", "id")), vqa_references, score_answers)
+ANSWERS = TaskEvaluation(dict(value_key="answer", id_keys=("question_id", "id")), "question_id", vqa_references,
+                         score_answers)
 EVALUATORS: Dict[str, TaskEvaluation] = {
     "caption": CAPTIONS, "video_caption": CAPTIONS, "audio_caption": CAPTIONS,
     "vqa_gen": ANSWERS, "video_vqa_gen": ANSWERS,
-    "snli_ve": TaskEvaluation(dict(value_key="answer", id_keys=("id",)), entailment_references, score_entailment),
-    "refcoco": TaskEvaluation(dict(value_key="box", id_keys=("id",), value_types=(list,)), grounding_references,
-                              score_grounding, from_generate=boxes_of_generated_bins),
+    "snli_ve": TaskEvaluation(dict(value_key="answer", id_keys=("id",)), "id", entailment_references,
+                              score_entailment),
+    "refcoco": TaskEvaluation(dict(value_key="box", id_keys=("id",), value_types=(list,)), "id",
+                              grounding_references, score_grounding, from_generate=boxes_of_generated_bins),
 }
 
 
@@ -405,17 +408,25 @@ def evaluate_checkpoint(args) -> Dict:
     config_argv = task_options_argv(args.config) if args.config else []
     task = build_task(args.task, args.data, config_argv + list(args.passthrough))
     model = load_checkpoint(args.checkpoint, ema=args.ema, dictionary=task.target_dictionary)
+    if torch.cuda.is_available() and not args.cpu:
+        model = model.cuda()
+    evaluation = EVALUATORS[args.task]
     predictions, references = generate_split(model, task, args.split, batch_size=args.batch_size)
     if args.save_predictions:
-        save_predictions(args.save_predictions, predictions, EVALUATORS[args.task].json_format)
-    results = EVALUATORS[args.task].score(predictions, references, args)
+        save_predictions(args.save_predictions, predictions, evaluation)
+        print(f"wrote {args.save_predictions}")
+    if not any(references.values()):  # e.g. VQAv2 test-dev: scored by the benchmark's server
+        results = {"task": args.task, "num_predictions": len(predictions), "scores": {},
+                   "skipped": {"all metrics": f"the {args.split} split has no references"}}
+    else:
+        results = evaluation.score(predictions, references, args)
     return {**results, "checkpoint": str(args.checkpoint), "split": args.split}
 
 
-def save_predictions(path: str, predictions: Mapping, json_format: Dict) -> None:
-    """Predictions as the JSON list ``unival evaluate --predictions`` reads back."""
-    id_key, value_key = json_format["id_keys"][-1], json_format["value_key"]
-    items = [{id_key: key, value_key: list(value) if isinstance(value, tuple) else value}
+def save_predictions(path: str, predictions: Mapping, evaluation: TaskEvaluation) -> None:
+    """Predictions as the JSON list ``unival evaluate --predictions`` reads back (VQA: the official format)."""
+    value_key = evaluation.json_format["value_key"]
+    items = [{evaluation.saved_id_key: key, value_key: list(value) if isinstance(value, tuple) else value}
              for key, value in predictions.items()]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(items, indent=1) + "\n", encoding="utf-8")
@@ -471,6 +482,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", default="test", help="--checkpoint: the split to predict (default: test)")
     parser.add_argument("--ema", action="store_true", help="--checkpoint: use the EMA weights the checkpoint holds")
     parser.add_argument("--batch-size", type=int, default=16, help="--checkpoint: samples per batch")
+    parser.add_argument("--cpu", action="store_true", help="--checkpoint: predict on the CPU even with a GPU")
     parser.add_argument("--save-predictions", help="--checkpoint: also write the predictions as JSON here")
 
 

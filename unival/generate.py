@@ -73,6 +73,8 @@ def generate_split(model, task, split: str, batch_size: int = 16,
         for sample in iterator:
             if not sample:
                 continue
+            if next(model.parameters()).is_cuda:
+                sample = utils.move_to_cuda(sample)
             for row, prediction in enumerate(task.predict(model, sample)):
                 sample_id = str(sample["uniq_ids"][row])
                 predictions[sample_id] = prediction
