@@ -2,8 +2,9 @@
 # Clotho audio captioning, PANN CNN14, hop 200.
 # Finetunes UnIVAL base with configs/clotho/finetune.yaml (every hyperparameter is there), keeping the
 # checkpoint with the best score on the valid split. Paper: CIDEr 38.0 on the Clotho v1 evaluation split.
-# INIT_CHECKPOINT must hold the CNN14 audio encoder (the image/video pretrained checkpoints have none,
-# and fairseq loads strictly): e.g. an audio-text checkpoint of this project or a released UnIVAL audio model.
+# An INIT_CHECKPOINT without audio weights (the image/video pretrained ones) keeps the model's own CNN14:
+# pass PANN's weights as an argument, `bash run_scripts/<benchmark>/train.sh --audio-encoder-path Cnn14_mAP=0.431.pth`
+# (the audio projection and positions then start from scratch; the log warns).
 #
 # Data first (audio_caption_{train,valid,test}.tsv into DATA):
 #   unival prepare clotho --development clotho_captions_development.csv \
@@ -20,6 +21,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 require_var DATA "folder of audio_caption_{train,valid,test}.tsv (unival prepare clotho --out)"
 require_var SAVE_DIR "folder for the checkpoints and logs of this run"
-require_var INIT_CHECKPOINT "a checkpoint of UnIVAL base with the CNN14 audio encoder to finetune"
+require_var INIT_CHECKPOINT "a checkpoint of UnIVAL base to finetune"
 require_var DICT_FILE "BART's dict.txt (the vocabulary of every UnIVAL checkpoint)"
 finetune clotho/finetune "$@"
