@@ -164,11 +164,15 @@ class UnivalTask(FairseqTask):
 
     def media_loader(self, training: bool) -> Callable:
         """(media column, rng) -> the model's input tensor for this task's media."""
+        transform = self.image_transform(training)
+        return lambda field, rng: transform(load_image(field, self.media_dir))
+
+    def image_transform(self, training: bool) -> Callable:
+        """PIL image -> normalised (3, S, S) tensor at ``--patch-image-size``."""
         mean_std = {}
         if self.cfg.imagenet_default_mean_and_std:
             mean_std = dict(zip(("mean", "std"), imagenet_mean_std()))
-        transform = image_transform(self.cfg.patch_image_size, train=training, **mean_std)
-        return lambda field, rng: transform(load_image(field, self.media_dir))
+        return image_transform(self.cfg.patch_image_size, train=training, **mean_std)
 
     def media_dataset_arguments(self, split: str, reader: TSVReader) -> Dict[str, Any]:
         """Keyword arguments of a :class:`MediaTextDataset` for ``split``: shuffled with random augmentation in

@@ -46,7 +46,7 @@ DISALLOWED = -1e4
 class ConstrainedEnsemble(EnsembleModel):
     """fairseq's ensemble wrapper whose next-token log-probabilities are renormalised over the allowed tokens, as
     the loss of constrained training is; other tokens get :data:`DISALLOWED`, so hypotheses beyond the allowed
-    choices rank below every allowed one."""
+    choices rank below every allowed one, and end at their next step."""
 
     def __init__(self, models, constraint, eos: int):
         super().__init__(models)
@@ -60,7 +60,12 @@ class ConstrainedEnsemble(EnsembleModel):
         allowed &= ~torch.isinf(lprobs)  # never <pad>, never what the model itself rules out
         kept = lprobs.masked_fill(~allowed, -torch.inf)
         kept = kept - torch.logsumexp(kept, dim=-1, keepdim=True)
-        return torch.where(allowed, kept, torch.full_like(lprobs, DISALLOWED)), attn
+        lprobs = torch.where(allowed, kept, torch.full_like(lprobs, DISALLOWED))
+        # A hypothesis already outside the allowed set may only end (rather than run on to the length limit).
+        stranded = ~allowed.any(-1)
+        lprobs[stranded] = -torch.inf
+        lprobs[stranded, self.eos] = DISALLOWED
+        return lprobs, attn
 
 
 def constrained_generator(models: Sequence, dictionary: Dictionary, constraint, **kwargs) -> SequenceGenerator:

@@ -21,6 +21,8 @@ TASKS = {
     "video_caption": ("video_caption/demo", "test", {"eval_beam": 5, "eval_max_len": 16}),
     "audio_caption": ("audio_caption/demo", "test", {"eval_beam": 5, "eval_max_len": 16}),
     "vqa_gen": ("vqa_gen/demo", "test", {}),
+    "refcoco": ("refcoco/demo", "test", {}),
+    "snli_ve": ("snli_ve/demo", "test", {}),
 }
 MAIN_METRICS = ("CIDEr", "BLEU-4", "METEOR", "ROUGE_L", "accuracy", "Acc@0.5")
 

@@ -18,6 +18,7 @@ from unival.data_utils.tsv import TSVReader
 from unival.metrics import CAPTION_METRICS, DEFAULT_JAVA_TIMEOUT, check_same_ids, score_captions
 from unival.task_metrics import entailment_accuracy, grounding_accuracy
 from unival.tasks.caption import REFERENCE_SEPARATOR
+from unival.tasks.refcoco import bins_from_text
 from unival.tasks.vqa_gen import vqa_score
 
 CAPTION_TSV_COLUMNS = ("id", "image_id", "caption", "objects", "image")
@@ -249,7 +250,6 @@ def score_captions_of(predictions: Mapping, references: Mapping, args) -> Dict:
 
 ENTAILMENT_LABELS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe",
                      "yes": "yes", "no": "no", "maybe": "maybe"}
-BIN_TOKEN = re.compile(r"<bin_(\d+)>")
 
 
 def entailment_label(text: str) -> str:
@@ -343,10 +343,10 @@ def boxes_of_generated_bins(args, predictions: Predictions) -> Dict[str, List[fl
     try:
         boxes = {}
         for key, text in predictions.values.items():
-            bins = [int(k) for k in BIN_TOKEN.findall(str(text))]
-            if len(bins) != 4:
-                raise InputError(f"{args.predictions}: the hypothesis of sample {key} is not four <bin> tokens: "
-                                 f"{shorten(text)}")
+            try:
+                bins = bins_from_text(str(text))
+            except ValueError as err:
+                raise InputError(f"{args.predictions}: sample {key}: {err}") from err
             index = int(key)
             where = f"{args.references}:{reader.line_number(index)}"
             size = load_image(reader.row(index)[4], media_dir, source=where).size
