@@ -145,8 +145,8 @@ class VqaGenTask(UnivalTask):
                 yield " " + answer
 
     def build_dataset(self, split: str, reader: TSVReader) -> VqaGenDataset:
-        training = split == self.cfg.train_subset
-        trie = self.trie if training and not self.cfg.unconstrained_training else None
+        # validation loss over the same tokens as the training loss (the full vocabulary's would be meaningless)
+        trie = None if self.cfg.unconstrained_training else self.trie
         return VqaGenDataset(**self.media_dataset_arguments(split, reader), trie=trie)
 
     # ---- answering ---------------------------------------------------------------------------------------
