@@ -451,7 +451,23 @@ class UnivalModel(FairseqEncoderDecoderModel):
         kept = without_derived_entries(state_dict, self.cfg, prefix)
         for key in [key for key in state_dict if key not in kept]:
             del state_dict[key]
+        self.keep_own_modality_weights(state_dict, prefix)
         super().upgrade_state_dict_named(state_dict, name)
+
+    def keep_own_modality_weights(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
+        """A checkpoint of an earlier curriculum stage holds nothing of a modality added since (audio after image
+        and video): that modality's encoder, projection and positions keep this model's own initialisation (e.g.
+        ``--audio-encoder-path``), with a warning. A modality the checkpoint holds in part is left to the strict
+        check, which names the missing keys."""
+        own = self.state_dict()
+        for modality in MODALITIES.values():
+            names = {modality.backbone, modality.projection, modality.positions}
+            keys = [key for key in own if key.startswith("encoder.") and key.split(".")[1] in names]
+            if keys and not any(prefix + key in state_dict for key in keys):
+                logger.warning("the checkpoint has no %s weights: keeping this model's own initialisation of %s",
+                               modality.backbone, ", ".join(sorted(names)))
+                for key in keys:
+                    state_dict[prefix + key] = own[key]
 
     @classmethod
     def from_config(cls, cfg: UnivalConfig, dictionary) -> "UnivalModel":

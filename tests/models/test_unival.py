@@ -185,3 +185,19 @@ def test_media_without_an_encoder_is_refused():
     inputs["patch_types"] = torch.tensor([0, 2])
     with pytest.raises(ValueError, match="no encoder for them"):
         model(**inputs)
+
+
+def test_a_checkpoint_without_audio_weights_keeps_the_models_own_audio_encoder(caplog):
+    image_only = tiny_model()
+    with_audio = tiny_model(audio_encoder="cnn6", audio_sample_rate=16000, audio_fmax=8000.0)
+    own = {key: value.clone() for key, value in with_audio.state_dict().items() if "audio" in key}
+    state = image_only.state_dict()
+    with_audio.upgrade_state_dict_named(state, "")
+    with_audio.load_state_dict(state, strict=True)
+    assert all(torch.equal(with_audio.state_dict()[key], value) for key, value in own.items())
+    assert torch.equal(with_audio.state_dict()["encoder.embed_tokens.weight"], state["encoder.embed_tokens.weight"])
+    assert "no embed_audios weights" in caplog.text
+    partial = {key: value for key, value in with_audio.state_dict().items() if key != "encoder.audio_proj.bias"}
+    with_audio.upgrade_state_dict_named(partial, "")
+    with pytest.raises(RuntimeError, match="audio_proj.bias"):
+        with_audio.load_state_dict(partial, strict=True)
