@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,8 @@ def test_fairseq_takes_the_script_options_the_last_one_winning(paths, tmp_path):
 @pytest.mark.e2e
 def test_dry_run_prints_the_fairseq_train_command(paths):
     env = {key: value for key, value in paths.items() if key not in ("UNIVAL_CMD", "STUB_OUT")}
+    # the real unival of the environment running the tests (also where it is not the checkout's .venv)
+    env["UNIVAL_VENV"] = str(Path(sys.executable).parents[1])
     result = run("refcocog/train.sh", {**env, "DRY_RUN": "1", "NUM_GPUS": "0"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("+ fairseq-train ")
