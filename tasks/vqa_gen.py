@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 import torch
-from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum
 from fairseq.sequence_generator import SequenceGenerator
 from fairseq.tasks import register_task
@@ -17,6 +16,7 @@ from unival.data_utils.dataset import MediaTextDataset
 from unival.data_utils.trie import Trie
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import encode_text, normalize_question
+from unival.task_metrics import log_accuracy
 from unival.tasks.base import UnivalTask, UnivalTaskConfig
 
 logger = logging.getLogger(__name__)
@@ -181,17 +181,12 @@ class VqaGenTask(UnivalTask):
         if self.cfg.eval_accuracy and sample:
             predictions = self.predict(model, sample)
             scores = [vqa_score(prediction, refs) for prediction, refs in zip(predictions, sample["references"])]
-            logging_output["_vqa_score_sum"] = float(sum(scores))
-            logging_output["_vqa_count"] = len(scores)
+            logging_output["_vqa_score_hits"] = float(sum(scores))
+            logging_output["_vqa_score_count"] = len(scores)
             if self.cfg.eval_print_samples:
                 logger.info("example answer: %s | references: %s", predictions[0], sample["references"][0])
         return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)
-        count = sum(log.get("_vqa_count", 0) for log in logging_outputs)
-        if count:
-            metrics.log_scalar("_vqa_score_sum", sum(log.get("_vqa_score_sum", 0) for log in logging_outputs))
-            metrics.log_scalar("_vqa_count", count)
-            metrics.log_derived("vqa_score", lambda meters: round(
-                100 * meters["_vqa_score_sum"].sum / meters["_vqa_count"].sum, 2))
+        log_accuracy("vqa_score", logging_outputs)  # the soft scores are summed as "hits"

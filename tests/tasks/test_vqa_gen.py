@@ -106,7 +106,7 @@ def test_validation_reports_vqa_accuracy(corpus):
     _, _, log = task.valid_step(batch, model, criterion)
     predictions = task.predict(model, batch)
     expected = sum(vqa_score(p, refs) for p, refs in zip(predictions, batch["references"]))
-    assert log["_vqa_count"] == 4 and log["_vqa_score_sum"] == pytest.approx(expected)
+    assert log["_vqa_score_count"] == 4 and log["_vqa_score_hits"] == pytest.approx(expected)
     with metrics.aggregate() as aggregated:
         task.reduce_metrics([log], criterion)
     assert aggregated.get_smoothed_values()["vqa_score"] == pytest.approx(round(100 * expected / 4, 2))
