@@ -21,6 +21,16 @@ def padding_to_bias(bias: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
     return bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
 
 
+def reorder_keeps_rows(source_rows: Tensor, new_order: Tensor) -> bool:
+    """Whether reordering by ``new_order`` leaves every row holding the same source sample as before.
+
+    Rows of the same source (a beam's hypotheses) hold identical encoder states, so such a reordering, which
+    beam search does at every step, need not copy them.
+    """
+    return new_order.numel() == source_rows.numel() and torch.equal(source_rows.index_select(0, new_order),
+                                                                    source_rows)
+
+
 @with_incremental_state
 class MultiheadAttention(nn.Module):
     """Multi-head attention with an additive bias, through ``scaled_dot_product_attention``.
@@ -52,10 +62,13 @@ class MultiheadAttention(nn.Module):
         return x.view(length, batch, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
 
     def forward(self, query: Tensor, key: Tensor, bias: Tensor,
-                incremental_state: Optional[IncrementalState] = None, static_kv: bool = False) -> Tensor:
-        """query (T, B, C), key (S, B, C), bias (B, H, T, S) with -inf on masked keys -> (T, B, C).
+                incremental_state: Optional[IncrementalState] = None, static_kv: bool = False,
+                source_rows: Optional[Tensor] = None) -> Tensor:
+        """query (T, B, C), key (S, B, C), bias (B or 1, H, T, S) with -inf on masked keys -> (T, B, C).
 
-        In incremental self-attention ``bias`` covers the cached keys plus the new one.
+        In incremental self-attention ``bias`` covers the cached keys plus the new one. ``source_rows`` (B,),
+        the source sample of each row of a static ``key``, lets beam search skip copying the cached keys when
+        it only reorders hypotheses of the same sample.
         """
         q = self._heads(self.q_proj(query))
         saved = self.get_incremental_state(incremental_state, "attn_state") if incremental_state is not None else None
@@ -67,8 +80,11 @@ class MultiheadAttention(nn.Module):
             if saved is not None:
                 k = torch.cat([saved["key"], k], dim=2)
                 v = torch.cat([saved["value"], v], dim=2)
-        if incremental_state is not None:
-            self.set_incremental_state(incremental_state, "attn_state", {"key": k, "value": v})
+            if incremental_state is not None:
+                state = {"key": k, "value": v}
+                if static_kv and source_rows is not None:
+                    state["rows"] = source_rows
+                self.set_incremental_state(incremental_state, "attn_state", state)
 
         attn = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0,
@@ -83,6 +99,8 @@ class MultiheadAttention(nn.Module):
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         """Follows the beam search's reordering of hypotheses."""
         saved = self.get_incremental_state(incremental_state, "attn_state")
+        if saved is not None and "rows" in saved and reorder_keeps_rows(saved["rows"], new_order):
+            return
         if saved is not None:
             reordered = {name: value.index_select(0, new_order) for name, value in saved.items()}
             self.set_incremental_state(incremental_state, "attn_state", reordered)
@@ -156,7 +174,7 @@ class DecoderLayer(FeedForward, nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def forward(self, x: Tensor, encoder_out: Tensor, self_bias: Tensor, cross_bias: Tensor,
-                incremental_state: Optional[IncrementalState] = None) -> Tensor:
+                incremental_state: Optional[IncrementalState] = None, source_rows: Optional[Tensor] = None) -> Tensor:
         h = self.self_attn_layer_norm(x)
         h = self.self_attn(h, h, self_bias, incremental_state)
         if self.self_attn_ln is not None:
@@ -164,7 +182,7 @@ class DecoderLayer(FeedForward, nn.Module):
         x = x + self.drop_path(self.dropout(h))
 
         h = self.encoder_attn_layer_norm(x)
-        h = self.encoder_attn(h, encoder_out, cross_bias, incremental_state, static_kv=True)
+        h = self.encoder_attn(h, encoder_out, cross_bias, incremental_state, static_kv=True, source_rows=source_rows)
         if self.cross_attn_ln is not None:
             h = self.cross_attn_ln(h)
         x = x + self.drop_path(self.dropout(h))

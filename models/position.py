@@ -4,8 +4,11 @@ Text uses log-bucketed 1-D distances, image patches 2-D offsets on a grid of ``b
 ``bucket_size`` cells; both tables are indexed by these buckets to give one bias per attention head.
 """
 import math
+from typing import Sequence
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 
 def token_relative_buckets(bucket_size: int, max_position: int) -> torch.LongTensor:
@@ -58,3 +61,14 @@ def grid_position_ids(height: int, width: int, bucket_size: int, device=None) ->
     rows = torch.arange(height, device=device)[:, None] * bucket_size
     cols = torch.arange(width, device=device)[None, :]
     return (rows + cols + 1).flatten()
+
+
+def layered_relative_bias(tables: Sequence[nn.Embedding], buckets: torch.LongTensor) -> torch.Tensor:
+    """(layers, ..., heads, T, S) biases of every layer's (num_buckets, heads) table at (..., T, S) bucket ids.
+
+    One gather through the layers' tables side by side, instead of one bucket lookup per layer: the values
+    are the same, and gradients still reach each layer's own table.
+    """
+    weight = torch.cat([table.weight for table in tables], dim=1)
+    bias = F.embedding(buckets, weight).unflatten(-1, (len(tables), -1))
+    return bias.movedim(-2, 0).movedim(-1, -3)

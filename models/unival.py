@@ -19,9 +19,10 @@ from torch import Tensor
 from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
 from unival.models.video_encoders import VideoBackbone, video_position_ids, video_tokens
-from unival.models.layers import DecoderLayer, EncoderLayer, IncrementalState, drop_path_rates, padding_to_bias
-from unival.models.position import (grid_position_ids, image_relative_buckets, num_image_relative_buckets,
-                                    token_relative_buckets)
+from unival.models.layers import (DecoderLayer, EncoderLayer, IncrementalState, drop_path_rates, padding_to_bias,
+                                  reorder_keeps_rows)
+from unival.models.position import (grid_position_ids, image_relative_buckets, layered_relative_bias,
+                                    num_image_relative_buckets, token_relative_buckets)
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,10 @@ class UnivalConfig(FairseqDataclass):
         default=None, metadata={"help": "local file with ImageNet weights for the image encoder (else random init)"})
     image_drop_path_rate: float = field(default=0.0, metadata={"help": "stochastic depth inside the ResNet"})
     video_encoder: Optional[str] = field(
-        default=None, metadata={"help": "video encoder: resnext50, resnext101 (the original's), r3d_18, r2plus1d_18; "
-                                        "none: the model reads no video"})
+        default=None, metadata={"help": "video encoder: resnext50, resnext101 (the original's), r3d_18, r2plus1d_18, "
+                                        "or frames_<timm resnet>[_s<stages>] (e.g. frames_resnet18_s2: a 2-D "
+                                        "ResNet's first stages on every frame plus a learned time embedding, "
+                                        "light enough for a CPU); none: the model reads no video"})
     video_encoder_path: Optional[str] = field(
         default=None, metadata={"help": "local weights of the video encoder (e.g. resnext-101-kinetics.pth)"})
     audio_encoder: Optional[str] = field(
@@ -84,6 +87,13 @@ class UnivalConfig(FairseqDataclass):
     audio_mel_bins: int = field(default=64, metadata={"help": "mel bins of the front end"})
     audio_fmin: float = field(default=50.0, metadata={"help": "lowest mel frequency, Hz"})
     audio_fmax: float = field(default=14000.0, metadata={"help": "highest mel frequency, Hz"})
+    no_channels_last: bool = field(
+        default=False, metadata={"help": "feed the CNN image encoder NCHW images; by default they are converted to "
+                                         "channels-last, which oneDNN and cuDNN convolutions run faster (same "
+                                         "outputs, same weights)"})
+    compile_layers: bool = field(
+        default=False, metadata={"help": "torch.compile each transformer layer (in place: checkpoints keep their "
+                                         "names); the first batches of each new shape are slow while it compiles"})
 
 
 def image_tokens(features: Tensor, bucket_size: int) -> Tuple[Tensor, Tensor]:
@@ -157,10 +167,11 @@ class PositionBias(nn.Module):
         """(B, T, C) -> (B, H, T, C / H)."""
         return x.view(x.size(0), x.size(1), self.num_heads, -1).transpose(1, 2)
 
-    def token_relative_bias(self, layer: int, query_positions: Tensor, key_length: int) -> Tensor:
-        """(1, H, len(query_positions), key_length) bias of 1-D relative positions for one layer."""
+    def token_relative_biases(self, query_positions: Tensor, key_length: int) -> Tensor:
+        """(layers, 1, H, len(query_positions), key_length) biases of 1-D relative positions, every layer's
+        from one lookup of the buckets."""
         buckets = self.token_rp_bucket[query_positions, :key_length]
-        return self.token_rel_pos_table_list[layer](buckets).permute(2, 0, 1).unsqueeze(0)
+        return layered_relative_bias(self.token_rel_pos_table_list, buckets).unsqueeze(1)
 
 
 class UnivalEncoder(PositionBias, FairseqEncoder):
@@ -217,6 +228,9 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
         if not hasattr(self, modality.backbone):
             raise ValueError(f"the batch holds {key} but the model has no encoder for them "
                              f"(--{modality.backbone.replace('embed_', '')[:-1]}-encoder)")
+        if media.dim() == 4 and not self.cfg.no_channels_last:
+            # Convolutions follow their input's layout, so the whole ResNet then runs channels-last.
+            media = media.contiguous(memory_format=torch.channels_last)
         features = getattr(self, modality.backbone)(media)
         tokens, position_ids = modality.tokens(features, self.cfg.image_bucket_size)
         x = getattr(self, modality.projection)(tokens)
@@ -261,11 +275,30 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
             padding[index, :count] = False
         return x, positions, position_ids, padding
 
-    def image_relative_bias(self, layer: int, position_ids: Tensor) -> Tensor:
-        """(1 or B, H, N, N) bias of 2-D relative positions between patches for one layer."""
+    def image_relative_biases(self, position_ids: Tensor) -> Tensor:
+        """(layers, 1 or B, H, N, N) biases of 2-D relative positions between patches, every layer's from one
+        lookup of the buckets."""
         ids = position_ids if position_ids.dim() == 2 else position_ids.unsqueeze(0)
         buckets = self.image_rp_bucket[ids[:, :, None], ids[:, None, :]]
-        return self.image_rel_pos_table_list[layer](buckets).permute(0, 3, 1, 2)
+        return layered_relative_bias(self.image_rel_pos_table_list, buckets)
+
+    def attention_biases(self, absolute_bias: Tensor, text_length: int, patch_positions: Optional[Tensor],
+                         padding: Tensor) -> Tensor:
+        """(layers, 1 or B, H, T, T) self-attention bias of every layer, built once per forward: the shared
+        absolute bias, each layer's relative biases on the text and patch blocks, -inf on padded keys."""
+        batch, length = padding.shape
+        # one bias for the whole batch, unless the samples' patches sit at different positions (mixed media)
+        rows = batch if patch_positions is not None and patch_positions.dim() == 2 else absolute_bias.size(0)
+        relative = absolute_bias.new_zeros(len(self.layers), rows, self.num_heads, length, length)
+        text_positions = torch.arange(text_length, device=padding.device)
+        relative[..., -text_length:, -text_length:] = self.token_relative_biases(text_positions, text_length)
+        if patch_positions is not None:
+            num_patches = length - text_length
+            relative[..., :num_patches, :num_patches] = self.image_relative_biases(patch_positions)
+        bias = absolute_bias + relative
+        if not padding.any():
+            return bias
+        return padding_to_bias(bias.expand(-1, batch, -1, -1, -1), padding)
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor] = None, patch_masks: Optional[Tensor] = None,
                 patch_types: Optional[Tensor] = None, return_all_hiddens: bool = False, **inputs) -> Dict[str, List]:
@@ -288,21 +321,13 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
             x = x * (1 - padding.unsqueeze(-1).type_as(x))
         x = x.transpose(0, 1)
 
-        length = x.size(0)
         pos_q = self._heads(self.pos_q_linear(positions)) * self.pos_scaling
         pos_k = self._heads(self.pos_k_linear(positions))
         absolute_bias = torch.matmul(pos_q, pos_k.transpose(2, 3))
-        text_positions = torch.arange(text_length, device=src_tokens.device)
+        biases = self.attention_biases(absolute_bias, text_length, patch_positions, padding)
         states = [x] if return_all_hiddens else []
-        # one bias for the whole batch, unless the samples' patches sit at different positions (mixed media)
-        rows = batch if patch_positions is not None and patch_positions.dim() == 2 else absolute_bias.size(0)
-        for index, layer in enumerate(self.layers):
-            bias = absolute_bias.expand(rows, -1, -1, -1).clone()
-            bias[:, :, -text_length:, -text_length:] += self.token_relative_bias(index, text_positions, text_length)
-            if patch_positions is not None:
-                num_patches = length - text_length
-                bias[:, :, :num_patches, :num_patches] += self.image_relative_bias(index, patch_positions)
-            x = layer(x, padding_to_bias(bias.expand(batch, -1, -1, -1), padding))
+        for layer, bias in zip(self.layers, biases):
+            x = layer(x, bias)
             if return_all_hiddens:
                 states.append(x)
         x = self.layer_norm(x)
@@ -313,9 +338,14 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
             "encoder_states": states,
             "src_tokens": [],
             "src_lengths": [],
+            # which input sample each row holds, so that beam search's reorderings within a sample copy nothing
+            "source_rows": [torch.arange(batch, device=src_tokens.device)],
         }
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor) -> Dict[str, List]:
+        rows = encoder_out.get("source_rows")
+        if rows and reorder_keeps_rows(rows[0], new_order):
+            return encoder_out
         reordered = {}
         for key, values in encoder_out.items():
             batch_dim = 1 if key in ("encoder_out", "encoder_states") else 0
@@ -365,14 +395,34 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
                 return cached["keys"]
         keys = self._heads(self.cross_pos_k_linear(encoder_out["position_embeddings"][0]))
         if incremental_state is not None:
-            self.set_incremental_state(incremental_state, "cross_position_keys", {"keys": keys})
+            cache = {"keys": keys}
+            if encoder_out.get("source_rows"):
+                cache["rows"] = encoder_out["source_rows"][0]
+            self.set_incremental_state(incremental_state, "cross_position_keys", cache)
         return keys
+
+    def _self_position_queries_and_keys(self, first: int, length: int,
+                                        incremental_state: Optional[IncrementalState]) -> Tuple[Tensor, Tensor]:
+        """(1, length - first, C) normalised embeddings of the query positions and (1, H, length, C / H) keys of
+        all target positions. Incremental decoding projects only positions not seen before: the keys do not
+        depend on the hypothesis, so the cache needs no reordering."""
+        cached = None if incremental_state is None else self.get_incremental_state(incremental_state,
+                                                                                   "self_position_keys")
+        start = 0 if cached is None or cached["keys"].size(2) > first else cached["keys"].size(2)
+        positions = self.pos_ln(self.embed_positions.weight[start:length]).unsqueeze(0)
+        keys = self._heads(self.self_pos_k_linear(positions))
+        if start:
+            keys = torch.cat([cached["keys"], keys], dim=2)
+        if incremental_state is not None:
+            self.set_incremental_state(incremental_state, "self_position_keys", {"keys": keys})
+        return positions[:, first - start:], keys
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         cached = self.get_incremental_state(incremental_state, "cross_position_keys")
-        if cached is not None:
-            self.set_incremental_state(incremental_state, "cross_position_keys",
-                                       {"keys": cached["keys"].index_select(0, new_order)})
+        if cached is None or ("rows" in cached and reorder_keeps_rows(cached["rows"], new_order)):
+            return
+        self.set_incremental_state(incremental_state, "cross_position_keys",
+                                   {name: value.index_select(0, new_order) for name, value in cached.items()})
 
     def forward(self, prev_output_tokens: Tensor, encoder_out: Optional[Dict[str, List[Tensor]]] = None,
                 incremental_state: Optional[IncrementalState] = None, features_only: bool = False,
@@ -389,11 +439,9 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
         # In incremental decoding only the newest position is computed; earlier ones are cached.
         first = target_length - 1 if incremental_state is not None else 0
         query_positions = torch.arange(first, target_length, device=device)
-        positions = self.pos_ln(self.embed_positions.weight[:target_length]).unsqueeze(0)
-        queries = positions[:, first:]
+        queries, self_k = self._self_position_queries_and_keys(first, target_length, incremental_state)
 
         self_q = self._heads(self.self_pos_q_linear(queries)) * self.pos_scaling
-        self_k = self._heads(self.self_pos_k_linear(positions))
         self_bias = torch.matmul(self_q, self_k.transpose(2, 3))
         cross_q = self._heads(self.cross_pos_q_linear(queries)) * self.pos_scaling
         cross_bias = torch.matmul(cross_q, self._cross_position_keys(encoder_out, incremental_state).transpose(2, 3))
@@ -405,24 +453,38 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
             x = self.layernorm_embedding(x)
         x = self.dropout(x).transpose(0, 1)
 
-        mask = None
+        # Every layer's self-attention bias at once: shared absolute part, own relative part, causal mask.
+        biases = self_bias + self.token_relative_biases(query_positions, target_length)
         if incremental_state is None:
-            mask = torch.full((target_length, target_length), float("-inf"), device=device).triu(1)
-            if prev_output_tokens.eq(self.padding_idx).any():
-                mask = padding_to_bias(mask.expand(batch, 1, -1, -1), prev_output_tokens.eq(self.padding_idx))
+            biases = biases + self.causal_mask(prev_output_tokens, biases.dtype)
+        source_rows = encoder_out["source_rows"][0] if encoder_out.get("source_rows") else None
         states = [x]
-        for index, layer in enumerate(self.layers):
-            bias = self_bias + self.token_relative_bias(index, query_positions, target_length)
-            if mask is not None:
-                bias = bias + mask
+        for layer, bias in zip(self.layers, biases):
             x = layer(x, encoder_out["encoder_out"][0], bias.expand(batch, -1, -1, -1), cross_bias,
-                      incremental_state)
+                      incremental_state, source_rows)
             states.append(x)
         x = self.layer_norm(x).transpose(0, 1)
         return x, {"attn": [None], "inner_states": states}
 
+    def causal_mask(self, prev_output_tokens: Tensor, dtype: torch.dtype) -> Tensor:
+        """(T, T), or (B, 1, T, T) with padded targets, additive mask: -inf on later and padded positions."""
+        length = prev_output_tokens.size(1)
+        mask = torch.full((length, length), float("-inf"), dtype=dtype, device=prev_output_tokens.device).triu(1)
+        padding = prev_output_tokens.eq(self.padding_idx)
+        if padding.any():
+            mask = padding_to_bias(mask.expand(prev_output_tokens.size(0), 1, -1, -1), padding)
+        return mask
+
     def output_layer(self, features: Tensor) -> Tensor:
-        return self.output_projection(features)
+        """(B, T, C) features -> (B, T, V) logits, computed as weight @ features^T (the same products).
+
+        Written so that the weight's gradient comes out of backward as a plain matrix rather than a transposed
+        view: autograd then adds the token-embedding gradients of the shared weight into it in place, instead
+        of allocating a third vocabulary-sized matrix at the peak of training memory.
+        """
+        flat = features.reshape(-1, features.size(-1))
+        logits = torch.mm(self.output_projection.weight, flat.t()).t()
+        return logits.reshape(*features.shape[:-1], logits.size(-1))
 
     def max_positions(self) -> int:
         return self.cfg.max_target_positions
@@ -485,6 +547,10 @@ class UnivalModel(FairseqEncoderDecoderModel):
                     nn.init.zeros_(table.weight)
         if cfg.image_encoder_path:
             model.encoder.embed_images.load_weights(cfg.image_encoder_path)
+        if cfg.compile_layers:
+            # In place, unlike torch.compile(module): parameter names, hence checkpoints, stay the same.
+            for layer in [*model.encoder.layers, *model.decoder.layers]:
+                layer.compile()
         return model
 
     def forward(self, src_tokens: Tensor, src_lengths: Optional[Tensor], prev_output_tokens: Tensor,

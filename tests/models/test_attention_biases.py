@@ -1,0 +1,170 @@
+"""The attention biases are built once per forward and shared by the layers; beam search's reorderings within a
+sample copy no encoder state; the speed options (channels-last, compiled layers, half precision) keep outputs."""
+import pytest
+import torch
+import torch.nn as nn
+from fairseq.data import Dictionary
+
+import unival.models.unival as unival_module
+from unival.models.position import layered_relative_bias
+from unival.models.unival import UnivalConfig, UnivalModel, architecture_defaults
+
+VOCAB = 40
+
+
+def tiny_model(**overrides) -> UnivalModel:
+    dictionary = Dictionary()
+    for index in range(VOCAB - len(dictionary)):
+        dictionary.add_symbol(f"w{index}")
+    values = architecture_defaults("unival_tiny")
+    values.update(encoder_embed_dim=32, decoder_embed_dim=32, encoder_ffn_embed_dim=64, decoder_ffn_embed_dim=64,
+                  encoder_attention_heads=2, decoder_attention_heads=2, encoder_layers=3, decoder_layers=3,
+                  dropout=0.0, encoder_drop_path_rate=0.0, decoder_drop_path_rate=0.0, image_bucket_size=8)
+    values.update(overrides)
+    torch.manual_seed(0)
+    return UnivalModel.from_config(UnivalConfig(**values), dictionary).eval()
+
+
+def encoder_input(batch=2, text=3):
+    torch.manual_seed(1)
+    return {"src_tokens": torch.randint(4, VOCAB, (batch, text)), "src_lengths": torch.full((batch,), text),
+            "patch_images": torch.randn(batch, 3, 32, 32), "patch_masks": torch.ones(batch, dtype=torch.bool)}
+
+
+def test_layered_relative_bias_equals_each_layers_lookup():
+    tables = [nn.Embedding(7, 2) for _ in range(3)]
+    buckets = torch.tensor([[0, 3, 6], [1, 1, 5]])
+    bias = layered_relative_bias(tables, buckets)
+    assert bias.shape == (3, 2, 2, 3)  # (layers, heads, T, S)
+    for layer, table in enumerate(tables):
+        assert torch.equal(bias[layer], table(buckets).permute(2, 0, 1))
+
+
+def test_encoder_layers_get_their_relative_biases_and_padding(monkeypatch):
+    """Hand-made tables: token table of layer l holds 100 l + bucket + 0.5 head, image table -(100 l + bucket);
+    the absolute part is zeroed. A 32 px image gives a 2x2 patch grid (ids 1, 2, 9, 10 on the 8x8 grid)
+    before the 3 text tokens, the last of them padding."""
+    model = tiny_model()
+    encoder = model.encoder
+    for linear in (encoder.pos_q_linear, encoder.pos_k_linear):
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
+    with torch.no_grad():
+        for layer, (token, image) in enumerate(zip(encoder.token_rel_pos_table_list, encoder.image_rel_pos_table_list)):
+            buckets = torch.arange(token.weight.size(0), dtype=torch.float)[:, None]
+            token.weight.copy_(100 * layer + buckets + 0.5 * torch.arange(2.0))
+            image.weight.copy_(-(100 * layer + torch.arange(image.weight.size(0), dtype=torch.float)[:, None]))
+    seen = []
+    for layer in encoder.layers:
+        layer.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+    inputs = encoder_input(batch=1)
+    inputs["src_tokens"][0, -1] = 1  # padding
+    with torch.no_grad():
+        encoder(**inputs)
+    assert len(seen) == 3
+    for layer, bias in enumerate(seen):
+        bias = bias[0]  # (H, 7, 7): 4 patches then 3 text tokens
+        # text block: 1-D buckets i - j + 255 (token bucket size 256)
+        assert bias[1, 4, 5].item() == 100 * layer + (0 - 1 + 255) + 0.5
+        assert bias[0, 5, 4].item() == 100 * layer + (1 - 0 + 255)
+        # patch block: 2-D buckets (drow + 7) * 15 + (dcol + 7); patch 0 is (0, 0), patch 3 is (1, 1)
+        assert bias[0, 0, 3].item() == -(100 * layer + 6 * 15 + 6)
+        assert bias[1, 3, 0].item() == -(100 * layer + 8 * 15 + 8)
+        # between patches and text only the (zeroed) absolute bias; padded keys are masked for every query
+        assert bias[:, :4, 4:6].abs().sum() == 0 and bias[:, 4:6, :4].abs().sum() == 0
+        assert torch.isinf(bias[:, :, 6]).all()
+
+
+def test_relative_buckets_are_looked_up_once_per_forward(monkeypatch):
+    calls = []
+
+    def counted(tables, buckets):
+        calls.append(len(tables))
+        return layered_relative_bias(tables, buckets)
+
+    monkeypatch.setattr(unival_module, "layered_relative_bias", counted)
+    model = tiny_model()
+    tokens = torch.tensor([[0, 5, 6, 7]] * 2)
+    with torch.no_grad():
+        encoded = model.encoder(**encoder_input())
+        assert calls == [3, 3]  # text and patch tables, each for all 3 layers at once
+        model.decoder(tokens, encoded)
+        assert calls == [3, 3, 3]
+        model.decoder(tokens[:, :1], encoded, incremental_state={})
+    assert calls == [3, 3, 3, 3]
+
+
+def cross_attention_keys(model, state):
+    return [layer.encoder_attn.get_incremental_state(state, "attn_state")["key"] for layer in model.decoder.layers]
+
+
+def test_beam_reordering_within_a_sample_copies_no_encoder_state():
+    model = tiny_model()
+    tokens = torch.tensor([[0, 5, 6], [0, 7, 8], [0, 9, 10], [0, 11, 12]])
+    beam_order = torch.tensor([1, 0, 3, 2])  # hypotheses swap places inside each sample
+    with torch.no_grad():
+        encoded = model.encoder(**encoder_input())
+        expanded = model.encoder.reorder_encoder_out(encoded, torch.tensor([0, 0, 1, 1]))  # beam of 2
+        assert expanded["encoder_out"][0].shape[1] == 4
+        state = {}
+        model.decoder(tokens[:, :1], expanded, incremental_state=state)
+        keys = cross_attention_keys(model, state)
+        assert model.encoder.reorder_encoder_out(expanded, beam_order) is expanded
+        model.decoder.reorder_incremental_state_scripting(state, beam_order)
+        assert all(after is before for after, before in zip(cross_attention_keys(model, state), keys))
+        step, _ = model.decoder(tokens[beam_order, :2], expanded, incremental_state=state)
+        full, _ = model.decoder(tokens[beam_order, :2], expanded)
+    assert torch.allclose(step[:, -1], full[:, -1], atol=1e-5)
+
+
+def test_channels_last_image_encoder_gives_the_same_output():
+    inputs = dict(encoder_input(), prev_output_tokens=torch.tensor([[0, 5, 6]] * 2))
+    channels_last, nchw = tiny_model(), tiny_model(no_channels_last=True)
+    layouts = []
+    channels_last.encoder.embed_images.layer1.register_forward_hook(
+        lambda module, args, output: layouts.append(output.is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        assert torch.allclose(channels_last(**inputs)[0], nchw(**inputs)[0], atol=1e-5)
+    assert layouts == [True]
+    # only the activations change layout: the weights, hence checkpoints, keep the default one
+    assert channels_last.encoder.embed_images.conv1.weight.is_contiguous()
+
+
+def test_compiled_layers_keep_parameter_names_and_outputs(monkeypatch):
+    original_compile = nn.Module.compile
+    # dynamo's tracing without code generation: checks that the layers compile, in a fraction of the time
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: original_compile(self, backend="eager"))
+    inputs = dict(encoder_input(), prev_output_tokens=torch.tensor([[0, 5, 6]] * 2))
+    one_layer = dict(encoder_layers=1, decoder_layers=1)
+    default, compiled = tiny_model(**one_layer), tiny_model(compile_layers=True, **one_layer)
+    assert list(compiled.state_dict()) == list(default.state_dict())
+    assert all(layer._compiled_call_impl is not None for layer in compiled.encoder.layers)
+    with torch.no_grad():
+        assert torch.allclose(default(**inputs)[0], compiled(**inputs)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_runs_full_and_incremental_decoding(dtype):
+    """fairseq's --bf16 / --fp16 convert the whole model: masks and biases must follow its dtype."""
+    model = tiny_model().to(dtype)
+    inputs = encoder_input()
+    inputs["patch_images"] = inputs["patch_images"].to(dtype)
+    inputs["src_tokens"][1, -1] = 1  # padding: -inf in the half-precision bias
+    tokens = torch.tensor([[0, 5, 6], [0, 7, 8]])
+    with torch.no_grad():
+        encoded = model.encoder(**inputs)
+        full, _ = model.decoder(tokens, encoded)
+        state = {}
+        steps = [model.decoder(tokens[:, :t], encoded, incremental_state=state)[0][:, -1] for t in (1, 2, 3)]
+    assert full.dtype == dtype and torch.isfinite(full).all()
+    assert torch.allclose(torch.stack(steps, dim=1).float(), full.float(), atol=0.1)
+
+
+def test_bf16_autocast_training_step_has_finite_gradients():
+    model = tiny_model(dropout=0.1).train()
+    inputs = dict(encoder_input(), prev_output_tokens=torch.tensor([[0, 5, 6]] * 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(**inputs)
+        loss = model.get_normalized_probs((logits, None), log_probs=True).sum()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
