@@ -1,12 +1,14 @@
 """Tests of the video backbones: output grids, gradients, the original's parameter names, weight loading,
-and the tokens and position ids of video features."""
+the frame-wise ResNets, and the tokens and position ids of video features."""
 import ast
 
 import pytest
 import torch
 from torchvision.models import video as tv_video
 
-from unival.models.video_encoders import ResNeXt3D, VideoBackbone, video_position_ids, video_tokens
+from unival.models.image_encoders import ResNetBackbone
+from unival.models.video_encoders import (MAX_FRAMES, ResNeXt3D, VideoBackbone, video_position_ids,
+                                          video_tokens)
 
 CHANNELS = {"resnext50": 2048, "resnext101": 2048, "r3d_18": 512, "r2plus1d_18": 512}
 
@@ -136,6 +138,85 @@ def test_missing_weights_file_and_unknown_name():
         VideoBackbone("r3d_18", weights_path="nowhere.pth")
     with pytest.raises(ValueError, match="unknown video encoder 'resnext18'.*resnext50, resnext101, r3d_18"):
         VideoBackbone("resnext18")
+
+
+@pytest.mark.parametrize("name, frames, size, grid, channels", [
+    ("frames_resnet18", 3, 64, (3, 2, 2), 512),  # every frame kept, space / 32
+    ("frames_resnet18_s3", 4, 64, (4, 4, 4), 256),  # space / 16
+    ("frames_resnet18_s2", 2, 32, (2, 4, 4), 128),  # space / 8
+    ("frames_resnet18_s1", 1, 16, (1, 4, 4), 64),  # space / 4
+])
+def test_frame_wise_output_grid_and_channels(name, frames, size, grid, channels):
+    model = backbone(name).eval()
+    with torch.no_grad():
+        features = model(clip(batch=2, frames=frames, size=size))
+    assert model.num_channels == channels
+    assert features.shape == (2, channels, *grid)
+
+
+def test_frame_wise_runs_the_resnet_on_each_frame_then_adds_each_steps_time_embedding():
+    model = backbone("frames_resnet18_s2").eval()
+    resnet = ResNetBackbone("resnet18", num_stages=2).eval()
+    resnet.load_state_dict({key[len("frames."):]: value for key, value in model.state_dict().items()
+                            if key.startswith("frames.")})
+    video = clip(batch=2, frames=3, size=16)
+    time_table = model.state_dict()["time_embedding.weight"]
+    assert time_table.shape == (MAX_FRAMES, 128)
+    with torch.no_grad():
+        features = model(video)
+        for step in range(3):
+            expected = resnet(video[:, :, step]) + time_table[step][None, :, None, None]
+            torch.testing.assert_close(features[:, :, step], expected)
+
+
+def test_frame_wise_tells_a_clip_from_the_same_clip_reversed():
+    # the reason for the time embedding: video position ids repeat at every step, so only it orders frames
+    model = backbone("frames_resnet18_s2").eval()
+    video = clip(batch=1, frames=2, size=16)
+    with torch.no_grad():
+        forward, backward = model(video), model(video.flip(2))
+    assert not torch.allclose(forward.flip(2), backward)
+    torch.testing.assert_close(forward.flip(2) - backward,
+                               (model.time_embedding.weight[[1, 0]] - model.time_embedding.weight[:2]).t()
+                               [None, :, :, None, None].expand_as(forward))
+
+
+def test_frame_wise_gradient_reaches_every_parameter():
+    model = backbone("frames_resnet18_s2").train()
+    model(clip(frames=2, size=16)).square().mean().backward()
+    without = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert without == []
+    # steps the clip does not reach get no gradient and are left alone by the optimiser
+    assert model.time_embedding.weight.grad[2:].abs().sum() == 0
+
+
+def test_frame_wise_loads_a_2d_resnets_weights_keeping_its_time_embedding(tmp_path):
+    torch.manual_seed(3)
+    resnet = ResNetBackbone("resnet18", num_stages=4)
+    state = dict(resnet.state_dict(), **{"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
+    file = tmp_path / "resnet18.pth"
+    torch.save(state, file)
+    model = backbone("frames_resnet18_s2")
+    time_table = model.time_embedding.weight.detach().clone()
+    model.load_weights(str(file))  # stages 3 and 4 and the classifier are dropped
+    assert torch.equal(model.state_dict()["frames.layer2.1.conv2.weight"], state["layer2.1.conv2.weight"])
+    assert torch.equal(model.time_embedding.weight, time_table)
+    saved = tmp_path / "frames.pth"
+    torch.save(model.state_dict(), saved)  # its own state dict, time embedding included
+    reloaded = backbone("frames_resnet18_s2", seed=4, weights_path=str(saved))
+    assert torch.equal(reloaded.time_embedding.weight, time_table)
+
+
+def test_frame_wise_names_that_do_not_fit_raise():
+    with pytest.raises(ValueError, match="video encoder 'frames_resnet18_s5': a ResNet has stages 1 to 4, not 5"):
+        VideoBackbone("frames_resnet18_s5")
+    with pytest.raises(ValueError, match="unknown video encoder 'frames_resnet7': unknown image encoder 'resnet7'"):
+        VideoBackbone("frames_resnet7")
+    with pytest.raises(ValueError, match="unknown video encoder 'resnet18'.* or frames_<timm resnet>"):
+        VideoBackbone("resnet18")
+    too_long = clip(batch=1, frames=MAX_FRAMES + 1, size=8)
+    with pytest.raises(ValueError, match=f"{MAX_FRAMES + 1} frames: .* has {MAX_FRAMES} steps"):
+        backbone("frames_resnet18_s1")(too_long)
 
 
 def test_video_tokens_are_time_major_then_row_major():
