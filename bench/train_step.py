@@ -16,17 +16,16 @@ OPTIMIZERS = ("fused", "foreach", "fairseq")
 
 
 def make_optimizer(model: torch.nn.Module, name: str, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with decoupled weight decay 0.01 (the paper's): torch's AdamW, one fused kernel (CPU and CUDA) or
-    multi-tensor (foreach), or fairseq's ``adam``."""
+    """Adam with decoupled weight decay 0.01 (the paper's) as ``fairseq-train --optimizer unival_adam`` builds
+    it (torch's AdamW, one fused kernel on CPU and CUDA, or multi-tensor foreach), or fairseq's ``adam``."""
     params = [p for p in model.parameters() if p.requires_grad]
-    settings = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    settings = dict(lr=[1e-4], adam_betas="(0.9, 0.999)", adam_eps=1e-8, weight_decay=0.01)
     if name == "fairseq":
         # What ``fairseq-train --optimizer adam`` builds when apex is not installed: a per-tensor Python loop.
-        from fairseq.optim.adam import Adam
-        return Adam(params, **settings)
-    if name == "fused":
-        return torch.optim.AdamW(params, fused=True, **settings)
-    return torch.optim.AdamW(params, foreach=True, **settings)
+        from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
+        return FairseqAdam(FairseqAdamConfig(tpu=False, **settings), params).optimizer
+    from unival.optim import UnivalAdam, UnivalAdamConfig
+    return UnivalAdam(UnivalAdamConfig(fused=name == "fused", **settings), params).optimizer
 
 
 def training_loss(model, sample: Dict) -> torch.Tensor:

@@ -10,7 +10,7 @@ if os.path.isdir(os.path.join(_parent, "models")) and os.path.isdir(os.path.join
     __path__.append(_parent)  # noqa: F821 (package __path__)
 
 from unival import _compat  # noqa: E402,F401  (must run before fairseq registers anything)
-from unival import models, tasks, criterions  # noqa: E402,F401
+from unival import models, tasks, criterions, optim  # noqa: E402,F401
 
 __version__ = "0.1.0"
 

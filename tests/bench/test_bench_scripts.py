@@ -28,11 +28,13 @@ def test_matmul_peak(bench, capsys):
     assert output["size"] == 64 and output["flops_per_s"] > 0
 
 
-def test_train_step(bench, capsys):
-    output = bench("train_step").main(TOY + ["--peak-size", "64"])
+@pytest.mark.parametrize("optimizer", ["fused", "fairseq"])
+def test_train_step(bench, capsys, optimizer):
+    output = bench("train_step").main(TOY + ["--peak-size", "64", "--optimizer", optimizer])
     assert printed_json(capsys)["benchmark"] == "train_step"
     assert output["matmul_peak"]["size"] == 64
     result = output["results"]["tiny"]
+    assert result["optimizer"] == optimizer
     assert result["config"]["image_encoder"] == "resnet18" and result["config"]["batch_size"] == 2
     assert result["median_s"] > 0 and result["model_flops"] > 0 and result["peak_rss_bytes"] > 0
     assert result["fraction_of_peak"] > 0 and result["fraction_of_peak_best"] >= result["fraction_of_peak"]

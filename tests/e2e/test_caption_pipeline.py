@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 TRAIN_OPTIONS = [
     "--task", "caption", "--tsv-prefix", "caption", "--arch", "unival_tiny", "--patch-image-size", "64",
-    "--max-src-length", "30", "--max-tgt-length", "20", "--batch-size", "16", "--optimizer", "adam",
+    "--max-src-length", "30", "--max-tgt-length", "20", "--batch-size", "16", "--optimizer", "unival_adam",
     "--lr", "1e-3", "--lr-scheduler", "polynomial_decay", "--warmup-updates", "10", "--total-num-update", "200",
     "--clip-norm", "1.0", "--criterion", "adjust_label_smoothed_cross_entropy", "--label-smoothing", "0.1",
     "--encoder-drop-path-rate", "0", "--decoder-drop-path-rate", "0", "--eval-beam", "2", "--eval-max-len", "16",
