@@ -31,6 +31,31 @@ def reorder_keeps_rows(source_rows: Tensor, new_order: Tensor) -> bool:
                                                                     source_rows)
 
 
+class TokenEmbedding(nn.Embedding):
+    """The token embedding shared by encoder, decoder and output projection, with row-sparse lookup gradients.
+
+    A dense lookup gradient is a vocabulary-sized matrix for the few rows a batch uses (174 MiB for BART's
+    vocabulary at 768 dims), built, then added into the weight's gradient, once for the encoder and once for the
+    decoder. As sparse rows they are added in place into the output projection's dense gradient, so training
+    allocates neither. The weight's gradient is dense as usual: if a backward pass reached the weight only
+    through lookups (no output projection), it is made dense once accumulated, since optimizers like Adam take
+    dense gradients only.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int] = None):
+        super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
+        self.weight.register_post_accumulate_grad_hook(densify_gradient)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        sparse = torch.is_grad_enabled() and self.weight.requires_grad
+        return F.embedding(tokens, self.weight, self.padding_idx, sparse=sparse)
+
+
+def densify_gradient(parameter: Tensor) -> None:
+    if parameter.grad is not None and parameter.grad.is_sparse:
+        parameter.grad = parameter.grad.to_dense()
+
+
 @with_incremental_state
 class MultiheadAttention(nn.Module):
     """Multi-head attention with an additive bias, through ``scaled_dot_product_attention``.

@@ -19,8 +19,8 @@ from torch import Tensor
 from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
 from unival.models.video_encoders import VideoBackbone, video_position_ids, video_tokens
-from unival.models.layers import (DecoderLayer, EncoderLayer, IncrementalState, drop_path_rates, padding_to_bias,
-                                  reorder_keeps_rows)
+from unival.models.layers import (DecoderLayer, EncoderLayer, IncrementalState, TokenEmbedding, drop_path_rates,
+                                  padding_to_bias, reorder_keeps_rows)
 from unival.models.position import (grid_position_ids, image_relative_buckets, layered_relative_bias,
                                     num_image_relative_buckets, token_relative_buckets)
 
@@ -536,7 +536,7 @@ class UnivalModel(FairseqEncoderDecoderModel):
         if cfg.encoder_embed_dim != cfg.decoder_embed_dim:
             raise ValueError("encoder and decoder share their embeddings: --encoder-embed-dim "
                              f"{cfg.encoder_embed_dim} must equal --decoder-embed-dim {cfg.decoder_embed_dim}")
-        embed_tokens = nn.Embedding(len(dictionary), cfg.encoder_embed_dim, padding_idx=dictionary.pad())
+        embed_tokens = TokenEmbedding(len(dictionary), cfg.encoder_embed_dim, padding_idx=dictionary.pad())
         model = cls(cfg, UnivalEncoder(cfg, dictionary, embed_tokens), UnivalDecoder(cfg, dictionary, embed_tokens))
         for name, module in model.named_modules():
             if not name.startswith("encoder.embed_images"):

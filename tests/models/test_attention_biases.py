@@ -6,6 +6,7 @@ import torch.nn as nn
 from fairseq.data import Dictionary
 
 import unival.models.unival as unival_module
+from unival.models.layers import TokenEmbedding
 from unival.models.position import layered_relative_bias
 from unival.models.unival import UnivalConfig, UnivalModel, architecture_defaults
 
@@ -168,3 +169,36 @@ def test_bf16_autocast_training_step_has_finite_gradients():
         loss = model.get_normalized_probs((logits, None), log_probs=True).sum()
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_token_embedding_gradients_are_dense_and_equal_to_a_plain_lookups(monkeypatch):
+    inputs = {**encoder_input(), "prev_output_tokens": torch.tensor([[2, 5, 6, 1], [2, 7, 1, 1]])}
+
+    def gradients(model):
+        logits, _ = model.train()(**inputs)
+        logits.logsumexp(-1).sum().backward()
+        return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    sparse = gradients(tiny_model())
+    monkeypatch.setattr(TokenEmbedding, "forward", nn.Embedding.forward)  # dense lookups
+    dense = gradients(tiny_model())
+
+    assert sparse.keys() == dense.keys()
+    embedding = sparse["encoder.embed_tokens.weight"]
+    assert embedding.layout == torch.strided
+    for name in dense:
+        torch.testing.assert_close(sparse[name], dense[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_token_embedding_reached_only_through_lookups_gets_a_dense_gradient():
+    embedding = TokenEmbedding(10, 4, padding_idx=1)
+    tokens = torch.tensor([[2, 3, 3, 1]])
+    (lookup_gradient,) = torch.autograd.grad(embedding(tokens).sum(), embedding.weight)
+    assert lookup_gradient.is_sparse  # the lookup itself makes no vocabulary-sized matrix
+    embedding(tokens).sum().backward()
+    grad = embedding.weight.grad
+    assert grad.layout == torch.strided  # Adam refuses sparse gradients
+    assert grad[3].tolist() == [2.0] * 4 and grad[2].tolist() == [1.0] * 4
+    assert grad[1].abs().sum() == 0 and grad[0].abs().sum() == 0
+    with torch.no_grad():  # no gradient wanted: a plain lookup
+        assert torch.equal(embedding(torch.tensor([3])), embedding.weight[3:4])
