@@ -188,7 +188,14 @@ class UnivalTask(FairseqTask):
         # last shard); evaluation is not padded, so no sample is scored twice: fairseq ignores empty shards there.
         if getattr(dataset, "shuffle", False):
             dataset.num_shards = num_shards
-        return super().get_batch_iterator(dataset, *args, num_shards=num_shards, **kwargs)
+        iterator = super().get_batch_iterator(dataset, *args, num_shards=num_shards, **kwargs)
+        # fairseq builds a new iterator for every epoch and every validation here (the datasets reshuffle and
+        # re-augment per epoch), so persistent workers would outlive their pass, idle until garbage collection;
+        # when that collection happened inside a worker forked for the next pass, Python printed "Exception
+        # ignored ... AssertionError: can only test a child process". Workers now end with their pass.
+        if hasattr(iterator, "persistent_workers"):
+            iterator.persistent_workers = False
+        return iterator
 
     # ---- generation -------------------------------------------------------------------------------------
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):

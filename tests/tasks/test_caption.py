@@ -1,6 +1,8 @@
 """The caption task: token ids of prompt and target, references, vocabulary from the corpus, bad rows."""
 import base64
 import io
+import multiprocessing
+import time
 
 import pytest
 from fairseq import metrics
@@ -149,3 +151,21 @@ def test_scst_criterion_makes_the_task_count_training_n_grams_per_image(tmp_path
     # rows 1 and 3 show image 10: "red" appears in one document for it, and "green" in image 11's
     assert frequency.num_documents == 2
     assert frequency.counts[("red",)] == 1 and frequency.counts[("green",)] == 1 and frequency.counts[("a",)] == 2
+
+
+def test_data_loader_workers_end_with_their_epoch(tmp_path):
+    # fairseq-train reads batches through a buffer (--data-buffer-size, 10 by default), as here
+    write_split(tmp_path, "train", GOOD * 4)
+    task = make_task(tmp_path)
+    task.load_dataset("train")
+    for epoch in (1, 2):
+        iterator = task.get_batch_iterator(task.dataset("train"), max_sentences=2, num_workers=1, epoch=epoch,
+                                           data_buffer_size=4)
+        batches = list(iterator.next_epoch_itr(shuffle=True))
+        assert sum(len(batch["id"]) for batch in batches) == 8
+        # no worker of this epoch is left idle into the next one (persistent workers would be); the buffer's
+        # thread lets go of the loader just after handing over the last batch, hence the short wait
+        deadline = time.monotonic() + 10
+        while multiprocessing.active_children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert multiprocessing.active_children() == []
