@@ -83,11 +83,15 @@ def print_table(before: dict, after: dict) -> None:
     print(f"-{'-' * width}-+-----------+--------")
     for name in names:
         # caption metrics are fractions, accuracies percentages: both are shown as percentages
-        scale = 1 if name.startswith("Acc") or name.startswith("accuracy") else 100
+        scale = 1 if is_percentage(name) else 100
         print(f" {name:<{width}} | {scale * before['scores'][name]:9.1f} | {scale * after['scores'][name]:7.1f}")
     for name, reason in after["skipped"].items():
         print(f" {name:<{width}} | skipped: {reason}")
-    print("(percent; caption scores x 100)")
+    print("(percent; caption scores x 100)" if not all(map(is_percentage, names)) else "(percent)")
+
+
+def is_percentage(metric: str) -> bool:
+    return metric.startswith("Acc") or metric.startswith("accuracy")
 
 
 def train_and_score(task_name: str, out: Path, data: Path, args) -> dict:
