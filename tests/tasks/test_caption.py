@@ -3,6 +3,7 @@ import base64
 import io
 import multiprocessing
 import time
+from functools import partial
 
 import pytest
 from fairseq import metrics
@@ -12,6 +13,9 @@ from PIL import Image
 from unival.data_utils.vocab import GPT2BPE
 from unival.tasks.caption import CaptionConfig, CaptionTask
 
+import task_files
+from task_files import setup_task
+
 
 def png_base64(colour=(200, 30, 30), size=40) -> str:
     buffer = io.BytesIO()
@@ -19,17 +23,8 @@ def png_base64(colour=(200, 30, 30), size=40) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def write_split(folder, split, rows):
-    path = folder / f"caption_{split}.tsv"
-    path.write_text("".join("\t".join(row) + "\n" for row in rows))
-    return path
-
-
-def make_task(folder, **overrides):
-    values = dict(data=str(folder), tsv_prefix="caption", patch_image_size=32, train_subset="train",
-                  valid_subset="valid", seed=1, eval_cider=False)
-    values.update(overrides)
-    return CaptionTask.setup_task(CaptionConfig(**values))
+write_split = partial(task_files.write_split, prefix="caption")
+make_task = partial(setup_task, CaptionTask, CaptionConfig, prefix="caption", eval_cider=False)
 
 
 GOOD = [["1", "10", "A red circle.", "", png_base64()], ["2", "11", "a green square", "", png_base64((0, 200, 0))]]

@@ -1,5 +1,7 @@
 """The refcoco task: prompt and box bins of a sample, boxes mapped back to the original image, bad rows, the loss
 restricted to bins, validation metrics and fairseq-generate's four-bin decoding."""
+from functools import partial
+
 import pytest
 import torch
 from fairseq import metrics
@@ -10,27 +12,19 @@ from unival.criterions.adjust_label_smoothed_cross_entropy import (AdjustLabelSm
                                                                     AdjustLabelSmoothedCrossEntropyCriterion)
 from unival.tasks.refcoco import RefcocoConfig, RefcocoTask, bins_from_text
 
-
-def write_split(folder, split, rows):
-    path = folder / f"refcoco_{split}.tsv"
-    path.write_text("".join("\t".join(row) + "\n" for row in rows))
-    return path
+import task_files
+from task_files import first_rows_batch, setup_task
 
 
-def make_task(folder, **overrides):
-    values = dict(data=str(folder), tsv_prefix="refcoco", patch_image_size=32, train_subset="train",
-                  valid_subset="valid", seed=1)
-    values.update(overrides)
-    return RefcocoTask.setup_task(RefcocoConfig(**values))
+write_split = partial(task_files.write_split, prefix="refcoco")
+make_task = partial(setup_task, RefcocoTask, RefcocoConfig, prefix="refcoco")
 
 
 @pytest.fixture(scope="module")
 def demo_batch(image_corpus, tiny_model):
     """(task, tiny model, a batch of the first validation rows) of the demo corpus, built once for the module."""
     task = make_task(image_corpus)
-    task.load_dataset("valid")
-    dataset = task.dataset("valid")
-    return task, tiny_model(task.dictionary), dataset.collater([dataset[i] for i in range(6)])
+    return task, tiny_model(task.dictionary), first_rows_batch(task, "valid", 6)
 
 
 def good_rows(image_field):

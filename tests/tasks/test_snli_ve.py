@@ -1,5 +1,7 @@
 """The snli_ve task: prompts with and without the premise, labels and their answers, the loss over the three
 answers, bad rows, validation accuracy and fairseq-generate's choice among yes / no / maybe."""
+from functools import partial
+
 import pytest
 from fairseq import metrics
 from fairseq.dataclass.configs import GenerationConfig
@@ -7,27 +9,19 @@ from fairseq.dataclass.configs import GenerationConfig
 from unival.criterions.adjust_label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropyCriterion
 from unival.tasks.snli_ve import ANSWERS, SnliVeConfig, SnliVeTask, answer_of_label
 
-
-def write_split(folder, split, rows):
-    path = folder / f"snli_ve_{split}.tsv"
-    path.write_text("".join("\t".join(row) + "\n" for row in rows))
-    return path
+import task_files
+from task_files import first_rows_batch, setup_task
 
 
-def make_task(folder, **overrides):
-    values = dict(data=str(folder), tsv_prefix="snli_ve", patch_image_size=32, train_subset="train",
-                  valid_subset="valid", seed=1)
-    values.update(overrides)
-    return SnliVeTask.setup_task(SnliVeConfig(**values))
+write_split = partial(task_files.write_split, prefix="snli_ve")
+make_task = partial(setup_task, SnliVeTask, SnliVeConfig, prefix="snli_ve")
 
 
 @pytest.fixture(scope="module")
 def demo_batch(image_corpus, tiny_model):
     """(task, tiny model, a batch of the first validation rows) of the demo corpus, built once for the module."""
     task = make_task(image_corpus)
-    task.load_dataset("valid")
-    dataset = task.dataset("valid")
-    return task, tiny_model(task.dictionary), dataset.collater([dataset[i] for i in range(6)])
+    return task, tiny_model(task.dictionary), first_rows_batch(task, "valid", 6)
 
 
 def good_rows(image_field):

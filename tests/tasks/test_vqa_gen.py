@@ -1,5 +1,7 @@
 """vqa_gen and video_vqa_gen: samples, the answer trie in training and decoding, all-candidate scoring, VQA
 accuracy, bad rows."""
+from functools import partial
+
 import pytest
 import torch
 from fairseq import metrics
@@ -8,9 +10,10 @@ from unival.constrained import score_candidates
 from unival.criterions.adjust_label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropyCriterion
 from unival.data_utils.answers import answer_confidences
 from unival.data_utils.demo_corpus import write_demo_corpus
-from unival.models.unival import UnivalConfig, UnivalModel, architecture_defaults
 from unival.tasks.video_vqa_gen import VideoVqaGenConfig, VideoVqaGenTask
 from unival.tasks.vqa_gen import VqaGenConfig, VqaGenTask, vqa_score
+
+from task_files import build_tiny_model, first_rows_batch, setup_task
 
 
 @pytest.fixture(scope="module")
@@ -20,27 +23,12 @@ def corpus(tmp_path_factory):
     return folder
 
 
-def vqa_task(folder, **overrides):
-    values = dict(data=str(folder), tsv_prefix="vqa", patch_image_size=32, train_subset="train",
-                  valid_subset="valid", seed=1)
-    values.update(overrides)
-    return VqaGenTask.setup_task(VqaGenConfig(**values))
+vqa_task = partial(setup_task, VqaGenTask, VqaGenConfig, prefix="vqa")
+batch_of = first_rows_batch
 
 
 def task_model(task, **overrides):
-    values = architecture_defaults("unival_tiny")
-    values.update(encoder_embed_dim=32, decoder_embed_dim=32, encoder_ffn_embed_dim=64, decoder_ffn_embed_dim=64,
-                  encoder_attention_heads=2, decoder_attention_heads=2, dropout=0.0, encoder_drop_path_rate=0.0,
-                  decoder_drop_path_rate=0.0, image_bucket_size=8, image_encoder_stages=1)
-    values.update(overrides)
-    torch.manual_seed(0)
-    return UnivalModel.from_config(UnivalConfig(**values), task.dictionary).eval()
-
-
-def batch_of(task, split, size):
-    task.load_dataset(split)
-    dataset = task.dataset(split)
-    return dataset.collater([dataset[i] for i in range(size)])
+    return build_tiny_model(task.dictionary, **overrides)
 
 
 def test_sample_holds_question_most_confident_answer_and_its_weight(corpus):
