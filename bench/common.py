@@ -265,6 +265,22 @@ def config_record(config: BenchConfig) -> Dict:
     return asdict(config)
 
 
+def run(benchmark: str, args: argparse.Namespace, measure: Callable, records: Callable[[Dict], List[Dict]]) -> Dict:
+    """Measures every configuration of ``args`` between two measurements of the matmul peak, adds each of the
+    ``records(result)`` its fractions of the faster peak, prints the JSON and returns it."""
+    device = setup(args)
+    peak_before = machine_peak(args, device)
+    results = {name: measure(args, name, device) for name in args.config}
+    peak = best_peak(peak_before, machine_peak(args, device))
+    for result in results.values():
+        for record in records(result):
+            add_fractions(record, peak)
+    output = {"benchmark": benchmark, "environment": environment(args, device), "matmul_peak": peak,
+              "results": results}
+    print_json(output)
+    return output
+
+
 def print_json(result: Dict) -> None:
     json.dump(result, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")

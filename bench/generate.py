@@ -57,18 +57,8 @@ def is_reference_shape(args: argparse.Namespace) -> bool:
 def main(argv: Optional[List[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser)
-    args = parser.parse_args(argv)
-    device = common.setup(args)
-    peak_before = common.machine_peak(args, device)
-    results = {name: measure(args, name, device) for name in args.config}
-    peak = common.best_peak(peak_before, common.machine_peak(args, device))
-    for result in results.values():
-        for label in BEAMS:
-            common.add_fractions(result[label], peak)
-    output = {"benchmark": "generate", "environment": common.environment(args, device), "matmul_peak": peak,
-              "results": results}
-    common.print_json(output)
-    return output
+    return common.run("generate", parser.parse_args(argv), measure,
+                      lambda result: [result[label] for label in BEAMS])
 
 
 if __name__ == "__main__":

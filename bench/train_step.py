@@ -94,17 +94,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:
-    args = parse_args(argv)
-    device = common.setup(args)
-    peak_before = common.machine_peak(args, device)
-    results = {name: measure(args, name, device) for name in args.config}
-    peak = common.best_peak(peak_before, common.machine_peak(args, device))
-    for result in results.values():
-        common.add_fractions(result, peak)
-    output = {"benchmark": "train_step", "environment": common.environment(args, device), "matmul_peak": peak,
-              "results": results}
-    common.print_json(output)
-    return output
+    return common.run("train_step", parse_args(argv), measure, lambda result: [result])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ in the update is where epsilon enters (torch adds it after the bias correction o
 before), which matters in the first updates only.
 """
 from dataclasses import dataclass, field
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Tuple
 
 import torch
 from fairseq.dataclass import FairseqDataclass
@@ -40,7 +40,7 @@ def parse_betas(value: Any) -> Tuple[float, float]:
 
 def first_lr(lr: Any) -> float:
     """fairseq keeps ``--lr`` as a list (one value per epoch range); the optimizer starts from the first."""
-    return float(lr[0]) if isinstance(lr, Sequence) or hasattr(lr, "__getitem__") else float(lr)
+    return float(lr[0]) if hasattr(lr, "__getitem__") else float(lr)
 
 
 @register_optimizer("unival_adam", dataclass=UnivalAdamConfig)
