@@ -56,6 +56,31 @@ def densify_gradient(parameter: Tensor) -> None:
         parameter.grad = parameter.grad.to_dense()
 
 
+# Up to this many input rows, a CPU Linear multiplies weight @ input^T (see Linear).
+FEW_ROWS = 8
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` that computes ``weight @ input^T`` on CPU when the input has at most ``FEW_ROWS`` rows.
+
+    Incremental decoding multiplies every weight matrix by one row per hypothesis. There the time is spent
+    reading the weights, and for 2 to 8 rows the BLAS reads them at 1.2-2.5x the bandwidth in this orientation
+    (measured on the development machine: 768 x 3072 weights, 2 rows, 7 against 17 GB/s). The products are the
+    same; only the order of the float additions may differ. Larger inputs and other devices use ``F.linear``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // self.in_features if self.in_features else 0
+        if x.device.type != "cpu" or not 0 < rows <= FEW_ROWS:
+            return F.linear(x, self.weight, self.bias)
+        flat = x.reshape(rows, self.in_features).t()
+        if self.bias is None:
+            out = torch.mm(self.weight, flat)
+        else:
+            out = torch.addmm(self.bias.unsqueeze(1), self.weight, flat)
+        return out.t().contiguous().view(*x.shape[:-1], self.out_features)
+
+
 @with_incremental_state
 class MultiheadAttention(nn.Module):
     """Multi-head attention with an additive bias, through ``scaled_dot_product_attention``.
@@ -76,10 +101,10 @@ class MultiheadAttention(nn.Module):
         self.scaling = float(self.head_dim * scale_factor) ** -0.5
         self.dropout = dropout
         self.c_attn = nn.Parameter(torch.ones(num_heads)) if scale_heads else None
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = Linear(embed_dim, embed_dim)
+        self.v_proj = Linear(embed_dim, embed_dim)
+        self.q_proj = Linear(embed_dim, embed_dim)
+        self.out_proj = Linear(embed_dim, embed_dim)
 
     def _heads(self, x: Tensor) -> Tensor:
         """(T, B, C) -> (B, H, T, head_dim)."""
@@ -140,8 +165,8 @@ class FeedForward(nn.Module):
     """fc1 -> GELU -> (LayerNorm, NormFormer) -> fc2; a mixin of the encoder and decoder layers."""
 
     def _build_ffn(self, embed_dim: int, ffn_dim: int, scale_fc: bool, activation_dropout: float) -> None:
-        self.fc1 = nn.Linear(embed_dim, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.fc1 = Linear(embed_dim, ffn_dim)
+        self.fc2 = Linear(ffn_dim, embed_dim)
         self.ffn_layernorm = nn.LayerNorm(ffn_dim) if scale_fc else None
         self.activation_dropout = nn.Dropout(activation_dropout)
 

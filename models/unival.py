@@ -19,8 +19,8 @@ from torch import Tensor
 from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
 from unival.models.video_encoders import VideoBackbone, video_position_ids, video_tokens
-from unival.models.layers import (DecoderLayer, EncoderLayer, IncrementalState, TokenEmbedding, drop_path_rates,
-                                  padding_to_bias, reorder_keeps_rows)
+from unival.models.layers import (DecoderLayer, EncoderLayer, IncrementalState, Linear, TokenEmbedding,
+                                  drop_path_rates, padding_to_bias, reorder_keeps_rows)
 from unival.models.position import (grid_position_ids, image_relative_buckets, layered_relative_bias,
                                     num_image_relative_buckets, token_relative_buckets)
 
@@ -369,9 +369,9 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
         self.dropout = nn.Dropout(cfg.dropout)
         self.layernorm_embedding = None if cfg.no_layernorm_embedding else nn.LayerNorm(dim)
         self._build_positions(cfg, dim, cfg.decoder_attention_heads, cfg.decoder_layers, cfg.max_target_positions)
-        self.self_pos_q_linear = nn.Linear(dim, dim)
+        self.self_pos_q_linear = Linear(dim, dim)
         self.self_pos_k_linear = nn.Linear(dim, dim)
-        self.cross_pos_q_linear = nn.Linear(dim, dim)
+        self.cross_pos_q_linear = Linear(dim, dim)
         self.cross_pos_k_linear = nn.Linear(dim, dim)
         if cfg.code_layernorm_embedding:
             # Image-code generation of OFA; kept only so that checkpoints holding these weights load strictly.
@@ -388,13 +388,15 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
 
     def _cross_position_keys(self, encoder_out: Dict[str, List[Tensor]],
                              incremental_state: Optional[IncrementalState]) -> Tensor:
-        """(B, H, S, C / H) keys of the source positions, computed once per generation."""
+        """(B, H, C / H, S) transposed keys of the source positions, computed once per generation (stored
+        transposed, so that no decoding step copies them to multiply)."""
         if incremental_state is not None:
             cached = self.get_incremental_state(incremental_state, "cross_position_keys")
             if cached is not None:
                 return cached["keys"]
-        keys = self._heads(self.cross_pos_k_linear(encoder_out["position_embeddings"][0]))
+        keys = self._heads(self.cross_pos_k_linear(encoder_out["position_embeddings"][0])).transpose(2, 3)
         if incremental_state is not None:
+            keys = keys.contiguous()
             cache = {"keys": keys}
             if encoder_out.get("source_rows"):
                 cache["rows"] = encoder_out["source_rows"][0]
@@ -444,7 +446,7 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
         self_q = self._heads(self.self_pos_q_linear(queries)) * self.pos_scaling
         self_bias = torch.matmul(self_q, self_k.transpose(2, 3))
         cross_q = self._heads(self.cross_pos_q_linear(queries)) * self.pos_scaling
-        cross_bias = torch.matmul(cross_q, self._cross_position_keys(encoder_out, incremental_state).transpose(2, 3))
+        cross_bias = torch.matmul(cross_q, self._cross_position_keys(encoder_out, incremental_state))
         cross_bias = padding_to_bias(cross_bias, encoder_out["encoder_padding_mask"][0])
 
         tokens = prev_output_tokens[:, first:]

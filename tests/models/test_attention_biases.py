@@ -6,7 +6,7 @@ import torch.nn as nn
 from fairseq.data import Dictionary
 
 import unival.models.unival as unival_module
-from unival.models.layers import TokenEmbedding
+from unival.models.layers import FEW_ROWS, Linear, TokenEmbedding
 from unival.models.position import layered_relative_bias
 from unival.models.unival import UnivalConfig, UnivalModel, architecture_defaults
 
@@ -202,3 +202,38 @@ def test_token_embedding_reached_only_through_lookups_gets_a_dense_gradient():
     assert grad[1].abs().sum() == 0 and grad[0].abs().sum() == 0
     with torch.no_grad():  # no gradient wanted: a plain lookup
         assert torch.equal(embedding(torch.tensor([3])), embedding.weight[3:4])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2), (4, 2), (FEW_ROWS, 1), (FEW_ROWS + 1, 1), (3, 7)])
+def test_linear_matches_f_linear_for_few_and_many_rows(shape, bias):
+    torch.manual_seed(0)
+    layer = Linear(24, 40, bias=bias)
+    x = torch.randn(*shape, 24, requires_grad=True)
+    out = layer(x)
+    expected = nn.functional.linear(x, layer.weight, layer.bias)
+    assert out.shape == (*shape, 40) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), [x, layer.weight])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, layer.weight])
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_few_rows_multiply_weight_by_transposed_input(monkeypatch):
+    calls = []
+    real_linear = nn.functional.linear
+    monkeypatch.setattr(nn.functional, "linear", lambda *args: calls.append("F.linear") or real_linear(*args))
+    layer = Linear(8, 16)
+    layer(torch.randn(1, 2, 8))  # one decoding step of two hypotheses
+    assert calls == []
+    layer(torch.randn(FEW_ROWS + 1, 8))
+    assert calls == ["F.linear"]
+
+
+def test_decoding_layers_use_the_few_row_linear():
+    model = tiny_model()
+    decoder_layer = model.decoder.layers[0]
+    for module in (decoder_layer.self_attn.q_proj, decoder_layer.encoder_attn.out_proj, decoder_layer.fc1,
+                   decoder_layer.fc2, model.decoder.self_pos_q_linear, model.decoder.cross_pos_q_linear):
+        assert isinstance(module, Linear)
