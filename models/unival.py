@@ -419,6 +419,16 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
             self.set_incremental_state(incremental_state, "self_position_keys", {"keys": keys})
         return positions[:, first - start:], keys
 
+    def reorder_incremental_state_scripting(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
+        """Called by fairseq's generator before every step; does nothing when ``new_order`` keeps every row in
+        place, as greedy search's does until a hypothesis finishes."""
+        first = self.layers[0].self_attn.get_incremental_state(incremental_state, "attn_state") if self.layers \
+            else None
+        if first is not None and new_order.numel() == first["key"].size(0) and torch.equal(
+                new_order, torch.arange(new_order.numel(), device=new_order.device)):
+            return
+        super().reorder_incremental_state_scripting(incremental_state, new_order)
+
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         cached = self.get_incremental_state(incremental_state, "cross_position_keys")
         if cached is None or ("rows" in cached and reorder_keeps_rows(cached["rows"], new_order)):

@@ -237,3 +237,23 @@ def test_decoding_layers_use_the_few_row_linear():
     for module in (decoder_layer.self_attn.q_proj, decoder_layer.encoder_attn.out_proj, decoder_layer.fc1,
                    decoder_layer.fc2, model.decoder.self_pos_q_linear, model.decoder.cross_pos_q_linear):
         assert isinstance(module, Linear)
+
+
+def test_identity_reordering_is_skipped_and_dropping_rows_is_not():
+    model = tiny_model()
+    tokens = torch.tensor([[0, 5], [0, 7], [0, 9]])
+    with torch.no_grad():
+        encoded = model.encoder(**encoder_input(batch=3))
+        state = {}
+        model.decoder(tokens[:, :1], encoded, incremental_state=state)
+        self_attn = model.decoder.layers[0].self_attn
+        before = self_attn.get_incremental_state(state, "attn_state")["key"]
+        model.decoder.reorder_incremental_state_scripting(state, torch.arange(3))
+        assert self_attn.get_incremental_state(state, "attn_state")["key"] is before  # nothing copied
+        # the first two rows stay in place but the third finished: the caches must shrink
+        model.decoder.reorder_incremental_state_scripting(state, torch.arange(2))
+        assert self_attn.get_incremental_state(state, "attn_state")["key"].size(0) == 2
+        encoded = model.encoder.reorder_encoder_out(encoded, torch.arange(2))
+        step, _ = model.decoder(tokens[:2], encoded, incremental_state=state)
+        full, _ = model.decoder(tokens[:2], encoded)
+    assert torch.allclose(step[:, -1], full[:, -1], atol=1e-5)
