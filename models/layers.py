@@ -36,10 +36,10 @@ class TokenEmbedding(nn.Embedding):
 
     A dense lookup gradient is a vocabulary-sized matrix for the few rows a batch uses (174 MiB for BART's
     vocabulary at 768 dims), built, then added into the weight's gradient, once for the encoder and once for the
-    decoder. As sparse rows they are added in place into the output projection's dense gradient, so training
-    allocates neither. The weight's gradient is dense as usual: if a backward pass reached the weight only
-    through lookups (no output projection), it is made dense once accumulated, since optimizers like Adam take
-    dense gradients only.
+    decoder. Sparse rows cost only what the batch uses; ``UnivalModel.forward`` routes the output projection's
+    dense gradient through ``late_gradient`` so that autograd adds the rows into it in place. The weight's
+    gradient is dense as usual: if a backward pass reached the weight only through lookups (no output
+    projection), it is made dense once accumulated, since optimizers like Adam take dense gradients only.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int] = None):
@@ -54,6 +54,29 @@ class TokenEmbedding(nn.Embedding):
 def densify_gradient(parameter: Tensor) -> None:
     if parameter.grad is not None and parameter.grad.is_sparse:
         parameter.grad = parameter.grad.to_dense()
+
+
+class _LateGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: Tensor) -> Tensor:
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad  # passed on as is, so that autograd may add other gradients into it in place
+
+
+def late_gradient(weight: Tensor) -> Tensor:
+    """``weight`` for one of its uses, through an identity whose gradient reaches ``weight`` after the others.
+
+    Autograd sums the gradients of a tensor used several times as they arrive, and adds a sparse gradient in
+    place only into a dense one that arrived after it (a dense sum arriving first gets a new, vocabulary-sized
+    copy for every sparse gradient added to it). Backward runs the most recently created operations first, so
+    an identity created before the other uses runs after their gradients. Call it before the token lookups to
+    make the output projection's dense gradient the one the lookups' sparse rows are added into. The gradients
+    are the same either way; only the order of additions, hence rounding, differs.
+    """
+    return _LateGradient.apply(weight)
 
 
 # Up to this many input rows, a CPU Linear multiplies weight @ input^T (see Linear).

@@ -20,7 +20,7 @@ from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio
 from unival.models.image_encoders import ResNetBackbone
 from unival.models.video_encoders import VideoBackbone, video_position_ids, video_tokens
 from unival.models.layers import (DecoderLayer, EncoderLayer, IncrementalState, Linear, TokenEmbedding,
-                                  drop_path_rates, padding_to_bias, reorder_keeps_rows)
+                                  drop_path_rates, late_gradient, padding_to_bias, reorder_keeps_rows)
 from unival.models.position import (grid_position_ids, image_relative_buckets, layered_relative_bias,
                                     num_image_relative_buckets, token_relative_buckets)
 
@@ -438,10 +438,12 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
 
     def forward(self, prev_output_tokens: Tensor, encoder_out: Optional[Dict[str, List[Tensor]]] = None,
                 incremental_state: Optional[IncrementalState] = None, features_only: bool = False,
-                **unused) -> Tuple[Tensor, Dict[str, Any]]:
+                output_weight: Optional[Tensor] = None, **unused) -> Tuple[Tensor, Dict[str, Any]]:
+        """``output_weight``: the output projection's weight as the caller wants its gradient routed (see
+        ``UnivalModel.forward``); by default the shared embedding itself."""
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
         if not features_only:
-            x = self.output_layer(x)
+            x = self.output_layer(x, output_weight)
         return x, extra
 
     def extract_features(self, prev_output_tokens: Tensor, encoder_out: Dict[str, List[Tensor]],
@@ -487,7 +489,7 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
             mask = padding_to_bias(mask.expand(prev_output_tokens.size(0), 1, -1, -1), padding)
         return mask
 
-    def output_layer(self, features: Tensor) -> Tensor:
+    def output_layer(self, features: Tensor, weight: Optional[Tensor] = None) -> Tensor:
         """(B, T, C) features -> (B, T, V) logits, computed as weight @ features^T (the same products).
 
         Written so that the weight's gradient comes out of backward as a plain matrix rather than a transposed
@@ -495,7 +497,7 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
         of allocating a third vocabulary-sized matrix at the peak of training memory.
         """
         flat = features.reshape(-1, features.size(-1))
-        logits = torch.mm(self.output_projection.weight, flat.t()).t()
+        logits = torch.mm(self.output_projection.weight if weight is None else weight, flat.t()).t()
         return logits.reshape(*features.shape[:-1], logits.size(-1))
 
     def max_positions(self) -> int:
@@ -569,8 +571,14 @@ class UnivalModel(FairseqEncoderDecoderModel):
                 features_only: bool = False, return_all_hiddens: bool = False, **media) -> Tuple[Tensor, Dict]:
         """Takes the original's net_input keywords (``patch_images``, ``patch_masks``, ...) and returns
         ``(logits, extra)`` like a fairseq decoder."""
+        output_weight = None
+        weight = self.decoder.output_projection.weight
+        if torch.is_grad_enabled() and weight.requires_grad and not features_only:
+            # Before the token lookups: their sparse gradients are then added in place into this dense one.
+            output_weight = late_gradient(weight)
         encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens, **media)
-        return self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only)
+        return self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
+                            output_weight=output_weight)
 
     def max_positions(self):
         return (self.cfg.max_source_positions, self.cfg.max_target_positions)

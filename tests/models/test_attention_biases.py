@@ -257,3 +257,36 @@ def test_identity_reordering_is_skipped_and_dropping_rows_is_not():
         step, _ = model.decoder(tokens[:2], encoded, incremental_state=state)
         full, _ = model.decoder(tokens[:2], encoded)
     assert torch.allclose(step[:, -1], full[:, -1], atol=1e-5)
+
+
+def test_lookup_gradients_are_added_into_the_output_projections_gradient_without_a_copy(monkeypatch):
+    """The shared weight's gradient is the buffer the output projection's backward wrote: the lookups' sparse
+    rows were added into it in place rather than into a new vocabulary-sized sum."""
+    dense_buffers = []
+    real_late_gradient = unival_module.late_gradient
+
+    def recording_late_gradient(weight):
+        alias = real_late_gradient(weight)
+        alias.register_hook(lambda grad: dense_buffers.append(grad.data_ptr()))
+        return alias
+
+    monkeypatch.setattr(unival_module, "late_gradient", recording_late_gradient)
+    model = tiny_model().train()
+    inputs = {**encoder_input(), "prev_output_tokens": torch.tensor([[2, 5, 6, 1], [2, 7, 1, 1]])}
+    logits, _ = model(**inputs)
+    logits.logsumexp(-1).sum().backward()
+    weight = model.decoder.output_projection.weight
+    assert weight is model.encoder.embed_tokens.weight and weight.grad.layout == torch.strided
+    assert dense_buffers == [weight.grad.data_ptr()]
+
+
+def test_no_late_gradient_without_gradients(monkeypatch):
+    calls = []
+    monkeypatch.setattr(unival_module, "late_gradient", lambda weight: calls.append(weight) or weight)
+    model = tiny_model()
+    inputs = {**encoder_input(), "prev_output_tokens": torch.tensor([[2, 5, 6, 1], [2, 7, 1, 1]])}
+    with torch.no_grad():
+        model(**inputs)
+    assert calls == []
+    model(**inputs)
+    assert len(calls) == 1
