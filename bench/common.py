@@ -63,6 +63,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-channels-last", action="store_true",
                         help="feed the CNN image encoder NCHW images (the model's --no-channels-last)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer layers")
+    parser.add_argument("--release-freed-memory", action="store_true",
+                        help="glibc's default allocation (the tasks' --release-freed-memory): freed memory goes "
+                             "back to the system; by default it stays in the process, as the tasks keep it")
     parser.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak (no MFU)")
     parser.add_argument("--peak-size", type=int, help="matrix side of the peak measurement (default 2048 on CPU, "
                                                       "8192 on CUDA)")
@@ -77,6 +80,9 @@ def setup(args: argparse.Namespace) -> torch.device:
         raise ValueError("--device cuda given but torch sees no CUDA device")
     if device.type == "cpu" and args.dtype == "fp16":
         raise ValueError("--dtype fp16 needs --device cuda (CPU autocast runs bf16)")
+    if not getattr(args, "release_freed_memory", False):
+        from unival.memory import keep_freed_memory
+        keep_freed_memory()  # what the unival tasks do when fairseq-train sets them up
     return device
 
 
@@ -251,9 +257,12 @@ def speedup(reference_s: Optional[float], ours_s: float) -> Optional[float]:
 
 
 def environment(args: argparse.Namespace, device: torch.device) -> Dict:
+    from unival.memory import freed_memory_kept
+
     info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "device": str(device), "dtype": args.dtype, "cpu_count": os.cpu_count(),
-            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "freed_memory_kept": freed_memory_kept()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:

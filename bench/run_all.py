@@ -35,6 +35,8 @@ def model_arguments(args: argparse.Namespace) -> List[str]:
         arguments.append("--no-channels-last")
     if args.compile:
         arguments.append("--compile")
+    if args.release_freed_memory:
+        arguments.append("--release-freed-memory")
     return arguments
 
 
@@ -99,6 +101,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                         help="model configurations")
     parser.add_argument("--no-channels-last", action="store_true", help="NCHW images into the image encoder")
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer layers")
+    parser.add_argument("--release-freed-memory", action="store_true",
+                        help="glibc's default allocation: freed memory goes back to the system")
     parser.add_argument("--skip-data", action="store_true", help="skip the data-loading benchmark")
     parser.add_argument("--out", help="file for the merged JSON")
     args = parser.parse_args(argv)

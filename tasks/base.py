@@ -18,6 +18,7 @@ from unival.data_utils.media import load_image
 from unival.data_utils.transforms import image_transform, imagenet_mean_std
 from unival.data_utils.tsv import TSVFormatError, TSVReader
 from unival.data_utils.vocab import GPT2BPE, build_unified_dictionary, decode_tokens, default_bpe_files
+from unival.memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ class UnivalTaskConfig(FairseqDataclass):
     skip_bad_rows: bool = field(
         default=False, metadata={"help": "skip rows with bad media or text (counted and reported) instead of "
                                          "stopping with an error naming the file and line"})
+    release_freed_memory: bool = field(
+        default=False, metadata={"help": "give freed memory back to the system (glibc's default); otherwise the "
+                                         "process keeps it for reuse, which spares CPU training steps the page "
+                                         "faults of re-allocating their large tensors, but the process's memory "
+                                         "never shrinks (see unival/memory.py)"})
     train_subset: str = II("dataset.train_subset")
     valid_subset: str = II("dataset.valid_subset")
     seed: int = II("common.seed")
@@ -78,6 +84,8 @@ class UnivalTask(FairseqTask):
     def setup_task(cls, cfg: UnivalTaskConfig, **kwargs) -> "UnivalTask":
         if not cfg.data:
             raise ValueError("no data folder given: pass it as the first argument (fairseq-train DATA ...)")
+        if not cfg.release_freed_memory:
+            keep_freed_memory()
         bpe = cls.build_bpe_from_config(cfg)
         if cfg.dict_file:
             dictionary = build_unified_dictionary(bpe_dict_path=cfg.dict_file, code_dict_size=cfg.code_dict_size,

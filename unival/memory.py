@@ -1,0 +1,49 @@
+"""Keeping freed memory in the process for reuse: the CPU-side counterpart of a GPU caching allocator.
+
+glibc's malloc maps every block above a threshold (which it raises to at most 32 MiB) with a fresh ``mmap`` and
+unmaps it when freed, and gives free memory at the top of its heap back to the system. A training step frees and
+allocates the same large activations and gradients every time, so on CPU each of them is faulted in again, page
+by page, at every step: at batch 8 the ResNet's 64 x 64 activations are 32 MiB, just above glibc's largest
+threshold. Serving every block from the heap and never trimming it removes those page faults.
+
+Measured with ``bench/``'s training step on the 2-core development machine, each setting in its own process,
+three rounds: ``tiny`` median 2.56-3.03 s against 3.28-3.48 s (no page faults per step against 136,000-244,000);
+``base`` 3.58-4.16 s against 3.80-4.31 s, peak memory 4.28-4.30 GiB against 4.26 GiB, since a process never
+gives that memory back before it ends.
+"""
+import ctypes
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+# mallopt parameters of glibc's malloc.h
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+# The largest value mallopt takes (an int): free memory at the heap's top beyond 1 GiB still goes back.
+KEEP_AT_TOP = 1 << 30
+
+_state = {"kept": False}
+
+
+def keep_freed_memory() -> bool:
+    """Makes glibc serve every allocation from its heap and keep what is freed there for reuse (process-wide,
+    from now on). Returns whether it took effect: False where the C library is not glibc."""
+    if _state["kept"]:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    if not (mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, KEEP_AT_TOP)):
+        return False
+    _state["kept"] = True
+    logger.info("freed memory stays in the process for reuse (--release-freed-memory gives it back instead)")
+    return True
+
+
+def freed_memory_kept() -> bool:
+    return _state["kept"]
