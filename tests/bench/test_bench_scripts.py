@@ -77,3 +77,31 @@ def test_run_all_table_lists_every_measurement(bench):
     assert len(table) == 2 + 3 + 3
     assert table[2] == "| base | training step | 2.00 | 1.50 | 4.00 | 2.00 | 0.250 (0.300) | 2.00 (original 4.28) |"
     assert "80 frames/s" in table[-2]
+
+
+@pytest.mark.parametrize("ablation, measurement", [("few_row_linear", "greedy"), ("late_gradient", "train"),
+                                                   ("skip_identity_reorder", "beam5")])
+def test_ablation_alternates_both_sides_in_one_process(bench, capsys, ablation, measurement):
+    output = bench("ablation").main(TOY + ["--ablation", ablation, "--measurement", measurement, "--rounds", "2"])
+    assert printed_json(capsys)["ablation"] == ablation
+    assert output["measurement"] == measurement and output["config"]["batch_size"] == 2
+    for side in ("on", "off"):
+        assert len(output[side]["seconds"]) == 2 and output[side]["median_s"] > 0
+    assert output["off_over_on"] == pytest.approx(output["off"]["median_s"] / output["on"]["median_s"])
+
+
+def test_ablation_switches_restore_the_change(bench):
+    from unival.models import layers
+    from unival.models import unival as unival_model
+    ablation = bench("ablation")
+    few_rows, late = layers.FEW_ROWS, unival_model.late_gradient
+    with ablation.few_row_linear(False), ablation.late_gradient(False):
+        assert layers.FEW_ROWS == 0
+        weight = object()
+        assert unival_model.late_gradient(weight) is weight
+    assert layers.FEW_ROWS == few_rows and unival_model.late_gradient is late
+
+
+def test_freed_memory_ablation_needs_the_training_step(bench):
+    with pytest.raises(SystemExit):
+        bench("ablation").main(TOY + ["--ablation", "freed_memory", "--measurement", "greedy"])
