@@ -3,6 +3,7 @@ alike. Prints JSON with each side's times and the ratio of their medians (off / 
 
     python -m bench.ablation --ablation few_row_linear --config base --measurement greedy
     python -m bench.ablation --ablation late_gradient --config base
+    python -m bench.ablation --ablation bf16_autocast --config base     # --autocast-bf16 against float32
     python -m bench.ablation --ablation freed_memory --config tiny      # each side in its own process
 
 In-process ablations switch the change between repetitions of the same model and batch; ``freed_memory`` is a
@@ -60,8 +61,27 @@ def skip_identity_reorder(enabled: bool) -> Iterator[None]:
         UnivalDecoder.reorder_incremental_state_scripting = saved
 
 
+# The precision bf16_autocast imposes on the repetitions (None: the command line's --dtype).
+_forced_dtype: Dict[str, Optional[str]] = {"dtype": None}
+
+
+@contextlib.contextmanager
+def bf16_autocast(enabled: bool) -> Iterator[None]:
+    """Forward passes under bfloat16 autocast, as the tasks' --autocast-bf16 runs them (off: float32)."""
+    saved = _forced_dtype["dtype"]
+    _forced_dtype["dtype"] = "bf16" if enabled else "fp32"
+    try:
+        yield
+    finally:
+        _forced_dtype["dtype"] = saved
+
+
+def precision(args: argparse.Namespace) -> str:
+    return _forced_dtype["dtype"] or args.dtype
+
+
 IN_PROCESS = {"few_row_linear": few_row_linear, "late_gradient": late_gradient,
-              "skip_identity_reorder": skip_identity_reorder}
+              "skip_identity_reorder": skip_identity_reorder, "bf16_autocast": bf16_autocast}
 ABLATIONS = (*IN_PROCESS, "freed_memory")
 
 
@@ -79,7 +99,7 @@ def repetition(args: argparse.Namespace, device: torch.device) -> Callable[[], o
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            with common.autocast(device, args.dtype):
+            with common.autocast(device, precision(args)):
                 loss = train_step.training_loss(model, sample)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -90,7 +110,7 @@ def repetition(args: argparse.Namespace, device: torch.device) -> Callable[[], o
     net_input = {key: value for key, value in sample["net_input"].items() if key != "prev_output_tokens"}
 
     def decode():
-        with torch.no_grad(), common.autocast(device, args.dtype):
+        with torch.no_grad(), common.autocast(device, precision(args)):
             return generator.generate([model], {"net_input": net_input}, bos_token=dictionary.bos())
     return decode
 

@@ -3,7 +3,7 @@
 #
 # Variables read here:
 #   NUM_GPUS        GPUs to train on (default: the entries of CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`; 0: CPU)
-#   PRECISION       fp16 (default on GPUs, the paper's), bf16 or fp32
+#   PRECISION       fp16 (default on GPUs, the paper's), bf16 or fp32; on the CPU fp32 (default) or bf16 (autocast)
 #   NUM_WORKERS     data-loading processes per GPU (default: fairseq's)
 #   MEDIA_DIR       folder that the media paths of the TSVs start from (default: DATA)
 #   DRY_RUN=1       print the commands instead of running them
@@ -89,6 +89,12 @@ hardware_args() {
   HARDWARE_ARGS=(--distributed-world-size "$devices" --update-freq "$per_device")
   if (( gpus == 0 )); then
     HARDWARE_ARGS+=(--cpu)
+    case "${PRECISION:-fp32}" in
+      fp32) ;;
+      bf16) HARDWARE_ARGS+=(--autocast-bf16) ;;  # float32 weights, bfloat16 autocast (fast on AVX512-BF16 or AMX)
+      fp16) fail "PRECISION=fp16 needs a GPU: on the CPU use bf16 (autocast) or fp32" ;;
+      *) fail "PRECISION=$PRECISION: expected fp16, bf16 or fp32" ;;
+    esac
   else
     case "${PRECISION:-fp16}" in
       fp16) HARDWARE_ARGS+=(--fp16) ;;

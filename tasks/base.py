@@ -1,6 +1,7 @@
 """What every unival task shares: TSV splits, the unified vocabulary and BPE, batching without empty
 shards, generation that starts from ``<s>``, and logging of skipped rows. Tasks add what they build from a row.
 """
+import contextlib
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ import torch
 from fairseq import metrics
 from fairseq.data import Dictionary
 from fairseq.dataclass import FairseqDataclass
+from fairseq.optim.amp_optimizer import AMPOptimizer
+from fairseq.optim.fp16_optimizer import _FP16OptimizerMixin, _MemoryEfficientFP16OptimizerMixin
 from fairseq.tasks import FairseqTask
 from omegaconf import II
 
@@ -21,6 +24,9 @@ from unival.data_utils.vocab import GPT2BPE, build_unified_dictionary, decode_to
 from unival.memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
+
+# fairseq's optimizer wrappers of --amp, --fp16 and --bf16 (with or without --memory-efficient-*)
+REDUCED_PRECISION_OPTIMIZERS = (AMPOptimizer, _FP16OptimizerMixin, _MemoryEfficientFP16OptimizerMixin)
 
 
 @dataclass
@@ -54,6 +60,13 @@ class UnivalTaskConfig(FairseqDataclass):
                                          "process keeps it for reuse, which spares CPU training steps the page "
                                          "faults of re-allocating their large tensors, but the process's memory "
                                          "never shrinks (see unival/memory.py)"})
+    autocast_bf16: bool = field(
+        default=False, metadata={"help": "run the forward passes of training and validation under torch.autocast "
+                                         "in bfloat16 on the model's device (CPU or GPU): matrix products and "
+                                         "convolutions in bfloat16; parameters, gradients, the optimizer, "
+                                         "normalisations and the loss in float32. 1.8x faster training steps on "
+                                         "a CPU with AVX512-BF16 (see README, Performance); not with --fp16, "
+                                         "--bf16 or --amp"})
     train_subset: str = II("dataset.train_subset")
     valid_subset: str = II("dataset.valid_subset")
     seed: int = II("common.seed")
@@ -223,13 +236,37 @@ class UnivalTask(FairseqTask):
 
     # ---- logging ----------------------------------------------------------------------------------------
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
-        # kwargs: fairseq passes ema_model= to tasks that use EMA (--store-ema)
+        """fairseq's training step (forward, loss, backward) with the forward under ``--autocast-bf16`` when
+        set. kwargs: fairseq passes ``ema_model=`` to tasks that use EMA (``--store-ema``)."""
         if hasattr(criterion, "set_num_updates"):  # fairseq tells only the model; drop-worst needs the count too
             criterion.set_num_updates(update_num)
-        loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
-                                                               ignore_grad)
+        if self.cfg.autocast_bf16 and isinstance(optimizer, REDUCED_PRECISION_OPTIMIZERS):
+            raise ValueError("--autocast-bf16 keeps float32 parameters and casts inside the forward pass; it cannot "
+                             "be combined with --fp16, --bf16 or --amp: drop one of them")
+        model.train()
+        model.set_num_updates(update_num)
+        with torch.autograd.profiler.record_function("forward"), self.forward_autocast(model, optimizer):
+            loss, sample_size, logging_output = criterion(model, sample)
+        if ignore_grad:
+            loss *= 0
+        with torch.autograd.profiler.record_function("backward"):
+            optimizer.backward(loss)
         logging_output["num_skipped"] = sample.get("num_skipped", 0) if sample else 0
         return loss, sample_size, logging_output
+
+    def valid_step(self, sample, model, criterion, **kwargs):
+        with self.forward_autocast(model):
+            return super().valid_step(sample, model, criterion)
+
+    def forward_autocast(self, model, optimizer=None):
+        """The precision context of a training or validation forward pass: bfloat16 autocast on the model's
+        device with ``--autocast-bf16``, fairseq's float16 autocast with ``--amp``, otherwise none."""
+        if self.cfg.autocast_bf16:
+            device = next(model.parameters()).device.type
+            return torch.autocast(device_type=device, dtype=torch.bfloat16)
+        if isinstance(optimizer, AMPOptimizer):
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
 
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)

@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark scripts in bench/: each main runs at toy sizes and prints the JSON keys the
 README's Performance table is built from. Timings are not checked."""
+import argparse
 import importlib
 import json
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_run_all_table_lists_every_measurement(bench):
 
 
 @pytest.mark.parametrize("ablation, measurement", [("few_row_linear", "greedy"), ("late_gradient", "train"),
-                                                   ("skip_identity_reorder", "beam5")])
+                                                   ("skip_identity_reorder", "beam5"), ("bf16_autocast", "train")])
 def test_ablation_alternates_both_sides_in_one_process(bench, capsys, ablation, measurement):
     output = bench("ablation").main(TOY + ["--ablation", ablation, "--measurement", measurement, "--rounds", "2"])
     assert printed_json(capsys)["ablation"] == ablation
@@ -100,6 +101,12 @@ def test_ablation_switches_restore_the_change(bench):
         weight = object()
         assert unival_model.late_gradient(weight) is weight
     assert layers.FEW_ROWS == few_rows and unival_model.late_gradient is late
+    args = argparse.Namespace(dtype="fp32")
+    with ablation.bf16_autocast(True):
+        assert ablation.precision(args) == "bf16"
+    with ablation.bf16_autocast(False):
+        assert ablation.precision(args) == "fp32"
+    assert ablation.precision(args) == "fp32" and ablation.precision(argparse.Namespace(dtype="bf16")) == "bf16"
 
 
 def test_freed_memory_ablation_needs_the_training_step(bench):

@@ -201,3 +201,27 @@ def test_a_checkpoint_without_audio_weights_keeps_the_models_own_audio_encoder(c
     with_audio.upgrade_state_dict_named(partial, "")
     with pytest.raises(RuntimeError, match="audio_proj.bias"):
         with_audio.load_state_dict(partial, strict=True)
+
+
+def test_bfloat16_autocast_runs_every_modality_and_stays_close_to_float32():
+    """What ``--autocast-bf16`` runs: image, video and audio encoders and the transformer in bfloat16 autocast
+    give finite float32 gradients and logits within bfloat16 rounding of the float32 ones."""
+    model = tiny_model(video_encoder="r3d_18", audio_encoder="cnn6", audio_sample_rate=16000, audio_hop_size=160,
+                       audio_window_size=512, audio_fmax=8000.0)
+    torch.manual_seed(2)
+    inputs = batch(size=3)
+    inputs["patch_audios"] = torch.randn(3, 16000) * 0.1
+    inputs["patch_videos"] = torch.randn(3, 3, 4, 32, 32)
+    inputs["patch_types"] = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        reference, _ = model(**inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(**inputs)
+    assert logits.dtype == torch.bfloat16
+    logits = logits.float()
+    assert (logits - reference).abs().max() < 0.05 * reference.abs().max()
+    assert not torch.equal(logits, reference)
+    logits.logsumexp(-1).sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert any("embed_videos" in name for name in grads) and any("embed_audios" in name for name in grads)
+    assert all(grad.dtype == torch.float32 and torch.isfinite(grad).all() for grad in grads.values())

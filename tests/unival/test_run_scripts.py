@@ -237,6 +237,8 @@ def test_gpu_count_refuses_a_bad_num_gpus():
 
 @pytest.mark.parametrize("config, env, expected", [
     ("refcoco/finetune", {"NUM_GPUS": "0"}, "--distributed-world-size 1 --update-freq 32 --cpu"),
+    ("refcoco/finetune", {"NUM_GPUS": "0", "PRECISION": "bf16"},
+     "--distributed-world-size 1 --update-freq 32 --cpu --autocast-bf16"),
     ("refcoco/finetune", {"NUM_GPUS": "8"}, "--distributed-world-size 8 --update-freq 4 --fp16"),
     ("coco_caption/finetune", {"NUM_GPUS": "1", "PRECISION": "fp32"}, "--distributed-world-size 1 --update-freq 8"),
     ("coco_caption/scst", {"NUM_GPUS": "2", "PRECISION": "bf16"}, "--distributed-world-size 2 --update-freq 16 --bf16"),
@@ -252,9 +254,15 @@ def test_a_gpu_count_that_cannot_keep_the_global_batch_warns():
     assert "warning" in result.stderr and "--total-num-update" in result.stderr
 
 
-def test_an_unknown_precision_is_refused():
-    result = run(with_common("hardware_args refcoco/finetune"), {"NUM_GPUS": "1", "PRECISION": "fp8"})
+@pytest.mark.parametrize("gpus", ["0", "1"])
+def test_an_unknown_precision_is_refused(gpus):
+    result = run(with_common("hardware_args refcoco/finetune"), {"NUM_GPUS": gpus, "PRECISION": "fp8"})
     assert result.returncode != 0 and "PRECISION=fp8" in result.stderr
+
+
+def test_fp16_on_the_cpu_is_refused():
+    result = run(with_common("hardware_args refcoco/finetune"), {"NUM_GPUS": "0", "PRECISION": "fp16"})
+    assert result.returncode != 0 and "PRECISION=fp16 needs a GPU" in result.stderr
 
 
 # ---- the configs the scripts run -------------------------------------------------------------------------------
