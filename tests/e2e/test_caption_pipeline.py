@@ -103,3 +103,17 @@ def test_training_lifts_cider_far_above_the_untrained_model(corpus, trained):
     after = score_captions(*generate_split(model, task, "test", eval_beam=2, eval_max_len=16), metrics=("CIDEr",))
     assert before.scores["CIDEr"] < 0.1
     assert after.scores["CIDEr"] > 0.5, after.scores
+
+
+def test_bfloat16_autocast_training_from_the_command_line(corpus, tmp_path):
+    """--autocast-bf16 reaches the task through fairseq-train and trains: the loss falls as in float32."""
+    train = [str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir", str(tmp_path),
+             "--max-update", "20", "--disable-validation", "--no-save", "--cpu"] + TRAIN_OPTIONS
+    result = run(train + ["--autocast-bf16"], tmp_path)
+    log = result.stderr + result.stdout
+    assert "'autocast_bf16': True" in log
+    losses = [float(value) for value in re.findall(r"train_inner \| .*? loss=([\d.]+)", log)]
+    assert len(losses) == 2 and losses[1] < 0.8 * losses[0], losses
+    refused = subprocess.run(train + ["--autocast-bf16", "--amp"], cwd=tmp_path, capture_output=True, text=True,
+                             env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=900)
+    assert refused.returncode != 0 and "cannot be combined with --fp16, --bf16 or --amp" in refused.stderr
