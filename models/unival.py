@@ -524,11 +524,24 @@ class UnivalModel(FairseqEncoderDecoderModel):
         """Drops the buffers the original stores but this model recomputes, when fairseq loads a checkpoint."""
         from unival.checkpoint import without_derived_entries
         prefix = f"{name}." if name else ""
+        self.check_vocabulary_size(state_dict, prefix)
         kept = without_derived_entries(state_dict, self.cfg, prefix)
         for key in [key for key in state_dict if key not in kept]:
             del state_dict[key]
         self.keep_own_modality_weights(state_dict, prefix)
         super().upgrade_state_dict_named(state_dict, name)
+
+    def check_vocabulary_size(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
+        """A checkpoint whose token embedding has another number of rows than this model's vocabulary was trained
+        with another dictionary: say so, rather than leave it to a size-mismatch error."""
+        saved = state_dict.get(prefix + "encoder.embed_tokens.weight")
+        own = self.encoder.embed_tokens.weight
+        if saved is not None and saved.size(0) != own.size(0):
+            raise ValueError(
+                f"the checkpoint's vocabulary has {saved.size(0)} symbols but this task's has {own.size(0)}: pass "
+                "the --dict-file the model was trained with (BART's dict.txt for UnIVAL checkpoints) and the same "
+                "--code-dict-size and --num-bins, or, for a model trained without --dict-file, the same training "
+                "split, from which the vocabulary is built")
 
     def keep_own_modality_weights(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
         """A checkpoint of an earlier curriculum stage holds nothing of a modality added since (audio after image

@@ -25,6 +25,10 @@ from unival.memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
+# Task options that change what the model sees; generation with other values than training's is warned about.
+INPUT_OPTIONS = ("patch_image_size", "imagenet_default_mean_and_std", "code_dict_size", "num_bins",
+                 "num_frames", "patch_frame_size", "audio_sample_rate", "audio_clip_seconds", "add_caption")
+
 # fairseq's optimizer wrappers of --amp, --fp16 and --bf16 (with or without --memory-efficient-*)
 REDUCED_PRECISION_OPTIMIZERS = (AMPOptimizer, _FP16OptimizerMixin, _MemoryEfficientFP16OptimizerMixin)
 
@@ -171,7 +175,11 @@ class UnivalTask(FairseqTask):
     def media_dir(self) -> str:
         return self.cfg.media_dir or self.cfg.data
 
-    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs) -> None:
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, task_cfg=None, **kwargs) -> None:
+        """``task_cfg``: the task options saved in the checkpoint (fairseq-generate passes them); a data option
+        that differs from the model's training is warned about, naming both values."""
+        if task_cfg is not None:
+            self.warn_about_training_options(task_cfg)
         path = self.split_path(self.cfg, split)
         reader = TSVReader(str(path), selected_cols=self.parse_columns(self.cfg))
         self.datasets[split] = self.build_dataset(split, reader)
@@ -179,6 +187,21 @@ class UnivalTask(FairseqTask):
 
     def build_dataset(self, split: str, reader: TSVReader):
         raise NotImplementedError
+
+    def warn_about_training_options(self, task_cfg) -> List[str]:
+        """Warns about each option of :data:`INPUT_OPTIONS` whose value here differs from ``task_cfg`` (the
+        training run's); returns their names."""
+        differing = []
+        for name in INPUT_OPTIONS:
+            if name not in task_cfg or not hasattr(self.cfg, name):
+                continue
+            trained, here = task_cfg[name], getattr(self.cfg, name)
+            if trained != here:
+                differing.append(name)
+                option = "--" + name.replace("_", "-")
+                logger.warning("the model was trained with %s %s but this run uses %s %s: pass %s %s to give it the "
+                               "inputs it was trained on", option, trained, option, here, option, trained)
+        return differing
 
     # The media a task reads; video and audio tasks override these three.
     media_key, patch_type = "patch_image", 0

@@ -71,6 +71,7 @@ def test_generate_and_evaluate_from_the_command_line(corpus, trained, tmp_path):
                   "--batch-size", "8"], tmp_path)
     hypotheses = [line for line in result.stdout.splitlines() if line.startswith("D-")]
     assert len(hypotheses) == 24
+    assert "the model was trained with" not in result.stderr  # the data options match the training run's
     (tmp_path / "gen.out").write_text(result.stdout)
     run([str(BIN / "unival"), "evaluate", "--task", "caption", "--predictions", str(tmp_path / "gen.out"),
          "--references", str(corpus / "caption_test.tsv"), "--metrics", "BLEU", "CIDEr", "--output",
@@ -117,3 +118,19 @@ def test_bfloat16_autocast_training_from_the_command_line(corpus, tmp_path):
     refused = subprocess.run(train + ["--autocast-bf16", "--amp"], cwd=tmp_path, capture_output=True, text=True,
                              env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=900)
     assert refused.returncode != 0 and "cannot be combined with --fp16, --bf16 or --amp" in refused.stderr
+
+
+def test_generate_names_a_different_vocabulary_and_image_size(corpus, trained, tmp_path, gpt2_bpe_dir):
+    save_dir, _, _ = trained
+    generate = [str(BIN / "fairseq-generate"), str(corpus), "--user-dir", plugin_dir(), "--task", "caption",
+                "--tsv-prefix", "caption", "--path", str(save_dir / "checkpoint_best.pt"), "--gen-subset", "test",
+                "--beam", "1", "--max-len-b", "4", "--batch-size", "8"]
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    other_vocabulary = subprocess.run(generate + ["--patch-image-size", "64", "--dict-file",
+                                                  str(gpt2_bpe_dir / "dict.txt"), "--bpe-dir", str(gpt2_bpe_dir)],
+                                      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert other_vocabulary.returncode != 0
+    assert "the checkpoint's vocabulary has" in other_vocabulary.stderr and "--dict-file" in other_vocabulary.stderr
+    # trained at 64 px, generated at the default 256: warned (the run then stops: the grid exceeds the position buckets)
+    other_size = subprocess.run(generate, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert "trained with --patch-image-size 64 but this run uses --patch-image-size" in other_size.stderr

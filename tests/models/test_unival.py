@@ -225,3 +225,17 @@ def test_bfloat16_autocast_runs_every_modality_and_stays_close_to_float32():
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     assert any("embed_videos" in name for name in grads) and any("embed_audios" in name for name in grads)
     assert all(grad.dtype == torch.float32 and torch.isfinite(grad).all() for grad in grads.values())
+
+
+def test_a_checkpoint_of_another_vocabulary_is_refused_with_the_reason():
+    trained = tiny_model()
+    model = UnivalModel.from_config(UnivalConfig(**{**architecture_defaults("unival_tiny"), "encoder_embed_dim": 64,
+                                                    "decoder_embed_dim": 64, "encoder_ffn_embed_dim": 128,
+                                                    "decoder_ffn_embed_dim": 128, "image_bucket_size": 8}),
+                                    tiny_dictionary(70))
+    state = trained.state_dict()
+    with pytest.raises(ValueError, match="vocabulary has 60 symbols but this task's has 70: pass the --dict-file"):
+        model.upgrade_state_dict_named(state, "")
+    same = tiny_model()
+    same.upgrade_state_dict_named(state, "")  # the same vocabulary loads
+    same.load_state_dict(state)

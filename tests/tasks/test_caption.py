@@ -164,3 +164,18 @@ def test_data_loader_workers_end_with_their_epoch(tmp_path):
         while multiprocessing.active_children() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert multiprocessing.active_children() == []
+
+
+def test_generation_warns_about_input_options_that_differ_from_training(tmp_path, caplog):
+    from omegaconf import OmegaConf
+    for split in ("train", "test"):
+        write_split(tmp_path, split, GOOD)
+    task = make_task(tmp_path, patch_image_size=32)
+    trained = OmegaConf.create({"patch_image_size": 64, "max_src_length": task.cfg.max_src_length + 10,
+                                "tsv_prefix": "other", "num_frames": 8})
+    with caplog.at_level("WARNING"):
+        task.load_dataset("test", task_cfg=trained)
+    assert "trained with --patch-image-size 64 but this run uses --patch-image-size 32" in caplog.text
+    assert "max-src-length" not in caplog.text and "tsv-prefix" not in caplog.text  # not input options
+    assert task.warn_about_training_options(trained) == ["patch_image_size"]  # num_frames: not a caption option
+    assert len(task.dataset("test")) == 2
