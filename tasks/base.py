@@ -29,6 +29,16 @@ logger = logging.getLogger(__name__)
 INPUT_OPTIONS = ("patch_image_size", "imagenet_default_mean_and_std", "code_dict_size", "num_bins",
                  "num_frames", "patch_frame_size", "audio_sample_rate", "audio_clip_seconds", "add_caption")
 
+def native_bfloat16_cpu() -> Optional[bool]:
+    """Whether this x86 CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); None where unknown (other
+    architectures, or a torch without these checks)."""
+    import platform
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if platform.machine().lower() not in ("x86_64", "amd64") or None in checks:
+        return None
+    return any(check() for check in checks)
+
+
 # fairseq's optimizer wrappers of --amp, --fp16 and --bf16 (with or without --memory-efficient-*)
 REDUCED_PRECISION_OPTIMIZERS = (AMPOptimizer, _FP16OptimizerMixin, _MemoryEfficientFP16OptimizerMixin)
 
@@ -286,6 +296,11 @@ class UnivalTask(FairseqTask):
         device with ``--autocast-bf16``, fairseq's float16 autocast with ``--amp``, otherwise none."""
         if self.cfg.autocast_bf16:
             device = next(model.parameters()).device.type
+            if device == "cpu" and not getattr(self, "_bfloat16_cpu_checked", False):
+                self._bfloat16_cpu_checked = True
+                if native_bfloat16_cpu() is False:
+                    logger.warning("--autocast-bf16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so "
+                                   "bfloat16 products are emulated and likely slower than float32")
             return torch.autocast(device_type=device, dtype=torch.bfloat16)
         if isinstance(optimizer, AMPOptimizer):
             return torch.autocast(device_type="cuda", dtype=torch.float16)

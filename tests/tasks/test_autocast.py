@@ -64,3 +64,23 @@ def test_autocast_with_a_reduced_precision_optimizer_is_refused(image_corpus):
     amp_optimizer = AMPOptimizer.__new__(AMPOptimizer)  # what --amp wraps the optimizer in (never stepped here)
     with pytest.raises(ValueError, match="cannot be combined with --fp16, --bf16 or --amp"):
         task.train_step(batch, model, criterion, amp_optimizer, 0)
+
+
+@pytest.mark.parametrize("native, warned", [(True, False), (False, True), (None, False)])
+def test_a_cpu_without_bfloat16_instructions_is_warned_about_once(image_corpus, monkeypatch, caplog, native, warned):
+    from unival.tasks import base
+    monkeypatch.setattr(base, "native_bfloat16_cpu", lambda: native)
+    task = caption_task(image_corpus, autocast_bf16=True)
+    model = build_tiny_model(task.dictionary)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            with task.forward_autocast(model):
+                pass
+    assert caplog.text.count("this CPU has no bfloat16 instructions") == (1 if warned else 0)
+
+
+def test_this_machines_bfloat16_support_is_read():
+    from unival.tasks.base import native_bfloat16_cpu
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    expected = (" avx512_bf16" in flags or " amx_tile" in flags) if " sse2" in flags else None
+    assert native_bfloat16_cpu() == expected
