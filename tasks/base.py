@@ -4,6 +4,7 @@ shards, generation that starts from ``<s>``, and logging of skipped rows. Tasks 
 import contextlib
 import itertools
 import logging
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
@@ -29,10 +30,10 @@ logger = logging.getLogger(__name__)
 INPUT_OPTIONS = ("patch_image_size", "imagenet_default_mean_and_std", "code_dict_size", "num_bins",
                  "num_frames", "patch_frame_size", "audio_sample_rate", "audio_clip_seconds", "add_caption")
 
+
 def native_bfloat16_cpu() -> Optional[bool]:
     """Whether this x86 CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); None where unknown (other
     architectures, or a torch without these checks)."""
-    import platform
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if platform.machine().lower() not in ("x86_64", "amd64") or None in checks:
         return None
@@ -78,8 +79,8 @@ class UnivalTaskConfig(FairseqDataclass):
         default=False, metadata={"help": "run the forward passes of training and validation under torch.autocast "
                                          "in bfloat16 on the model's device (CPU or GPU): matrix products and "
                                          "convolutions in bfloat16; parameters, gradients, the optimizer, "
-                                         "normalisations and the loss in float32. 1.8x faster training steps on "
-                                         "a CPU with AVX512-BF16 (see README, Performance); not with --fp16, "
+                                         "normalisations and the loss in float32. 1.6-1.7x faster training steps "
+                                         "on a CPU with AVX512-BF16 (see README, Performance); not with --fp16, "
                                          "--bf16 or --amp"})
     train_subset: str = II("dataset.train_subset")
     valid_subset: str = II("dataset.valid_subset")
@@ -105,6 +106,7 @@ class UnivalTask(FairseqTask):
         super().__init__(cfg)
         self.dictionary = dictionary
         self.bpe = bpe
+        self._bfloat16_cpu_checked = False  # --autocast-bf16 on a CPU: its bfloat16 support checked yet?
 
     # ---- vocabulary -------------------------------------------------------------------------------------
     @classmethod
@@ -267,7 +269,7 @@ class UnivalTask(FairseqTask):
         """Token ids of a hypothesis or target -> detokenised text."""
         return decode_tokens(tokens, self.dictionary, self.bpe)
 
-    # ---- logging ----------------------------------------------------------------------------------------
+    # ---- training and validation steps ------------------------------------------------------------------
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
         """fairseq's training step (forward, loss, backward) with the forward under ``--autocast-bf16`` when
         set. kwargs: fairseq passes ``ema_model=`` to tasks that use EMA (``--store-ema``)."""
@@ -296,7 +298,7 @@ class UnivalTask(FairseqTask):
         device with ``--autocast-bf16``, fairseq's float16 autocast with ``--amp``, otherwise none."""
         if self.cfg.autocast_bf16:
             device = next(model.parameters()).device.type
-            if device == "cpu" and not getattr(self, "_bfloat16_cpu_checked", False):
+            if device == "cpu" and not self._bfloat16_cpu_checked:
                 self._bfloat16_cpu_checked = True
                 if native_bfloat16_cpu() is False:
                     logger.warning("--autocast-bf16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so "
@@ -306,6 +308,7 @@ class UnivalTask(FairseqTask):
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
+    # ---- logging ----------------------------------------------------------------------------------------
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)
         skipped = sum(log.get("num_skipped", 0) for log in logging_outputs)
