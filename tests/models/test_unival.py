@@ -14,13 +14,13 @@ def tiny_dictionary(size=60):
     return dictionary
 
 
-def tiny_model(**overrides):
+def tiny_model(dictionary_size=60, **overrides):
     values = architecture_defaults("unival_tiny")
     values.update(encoder_embed_dim=64, decoder_embed_dim=64, encoder_ffn_embed_dim=128, decoder_ffn_embed_dim=128,
                   dropout=0.0, encoder_drop_path_rate=0.0, decoder_drop_path_rate=0.0, image_bucket_size=8)
     values.update(overrides)
     torch.manual_seed(0)
-    return UnivalModel.from_config(UnivalConfig(**values), tiny_dictionary()).eval()
+    return UnivalModel.from_config(UnivalConfig(**values), tiny_dictionary(dictionary_size)).eval()
 
 
 def batch(size=2, text=5, target=4, image=64):
@@ -228,11 +228,7 @@ def test_bfloat16_autocast_runs_every_modality_and_stays_close_to_float32():
 
 
 def test_a_checkpoint_of_another_vocabulary_is_refused_with_the_reason():
-    trained = tiny_model()
-    model = UnivalModel.from_config(UnivalConfig(**{**architecture_defaults("unival_tiny"), "encoder_embed_dim": 64,
-                                                    "decoder_embed_dim": 64, "encoder_ffn_embed_dim": 128,
-                                                    "decoder_ffn_embed_dim": 128, "image_bucket_size": 8}),
-                                    tiny_dictionary(70))
+    trained, model = tiny_model(), tiny_model(dictionary_size=70)
     state = trained.state_dict()
     with pytest.raises(ValueError, match="vocabulary has 60 symbols but this task's has 70: pass the --dict-file"):
         model.upgrade_state_dict_named(state, "")

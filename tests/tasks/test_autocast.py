@@ -1,5 +1,7 @@
 """``--autocast-bf16``: training and validation forward passes in bfloat16 autocast on the model's device,
 float32 parameters, gradients and optimizer; refused together with fairseq's reduced-precision optimizers."""
+from pathlib import Path
+
 import pytest
 import torch
 from fairseq.optim.amp_optimizer import AMPOptimizer
@@ -81,6 +83,7 @@ def test_a_cpu_without_bfloat16_instructions_is_warned_about_once(image_corpus, 
 
 def test_this_machines_bfloat16_support_is_read():
     from unival.tasks.base import native_bfloat16_cpu
-    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     expected = (" avx512_bf16" in flags or " amx_tile" in flags) if " sse2" in flags else None
     assert native_bfloat16_cpu() == expected
