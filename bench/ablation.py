@@ -5,9 +5,12 @@ alike. Prints JSON with each side's times and the ratio of their medians (off / 
     python -m bench.ablation --ablation late_gradient --config base
     python -m bench.ablation --ablation bf16_autocast --config base     # --autocast-bf16 against float32
     python -m bench.ablation --ablation freed_memory --config tiny      # each side in its own process
+    python -m bench.ablation --ablation allocator --config base         # tcmalloc against glibc's malloc
 
-In-process ablations switch the change between repetitions of the same model and batch; ``freed_memory`` is a
-setting of the whole process, so its sides alternate between fresh processes of ``bench.train_step``.
+In-process ablations switch the change between repetitions of the same model and batch; ``freed_memory`` and
+``allocator`` are settings of the whole process, so their sides alternate between fresh processes of
+``bench.train_step``. ``allocator`` compares the allocator ``--malloc`` names (default: what ``auto`` finds,
+tcmalloc before jemalloc) with glibc's malloc keeping freed memory (the default where no other is installed).
 """
 import argparse
 import contextlib
@@ -18,6 +21,7 @@ import torch
 
 from bench import common
 from bench.run_all import run_script
+from unival import allocator
 
 MEASUREMENTS = ("train", "greedy", "beam5")
 
@@ -82,7 +86,8 @@ def precision(args: argparse.Namespace) -> str:
 
 IN_PROCESS = {"few_row_linear": few_row_linear, "late_gradient": late_gradient,
               "skip_identity_reorder": skip_identity_reorder, "bf16_autocast": bf16_autocast}
-ABLATIONS = (*IN_PROCESS, "freed_memory")
+PROCESS_WIDE = ("freed_memory", "allocator")
+ABLATIONS = (*IN_PROCESS, *PROCESS_WIDE)
 
 
 def repetition(args: argparse.Namespace, device: torch.device) -> Callable[[], object]:
@@ -127,6 +132,8 @@ def alternate(run_side: Callable[[bool], Dict], rounds: int) -> Dict:
     for side, records in sides.items():
         if "peak_rss_bytes" in records[0]:
             summary[side]["peak_rss_bytes"] = [record["peak_rss_bytes"] for record in records]
+        if "allocator" in records[0]:  # as the side's processes reported it
+            summary[side]["allocator"] = records[0]["allocator"]
     summary["off_over_on"] = summary["off"]["median_s"] / summary["on"]["median_s"]
     return summary
 
@@ -149,11 +156,19 @@ def separate_processes(args: argparse.Namespace) -> Dict:
     arguments = ["--config", args.config, "--threads", str(args.threads), "--device", args.device,
                  "--dtype", args.dtype, "--steps", str(args.steps), "--warmup", str(args.warmup), "--no-peak",
                  *args.shape_arguments]
+    glibc_env, _ = allocator.child_environment("glibc")
+    if args.ablation == "allocator":
+        chosen_env, _ = allocator.child_environment(args.malloc)
+        settings = {True: ([], chosen_env), False: ([], glibc_env)}
+    else:  # freed_memory, with glibc's malloc on both sides
+        settings = {True: ([], glibc_env), False: (["--release-freed-memory"], glibc_env)}
 
-    def side(kept: bool) -> Dict:
-        result = run_script("bench.train_step", arguments + ([] if kept else ["--release-freed-memory"]))
+    def side(on: bool) -> Dict:
+        extra, env = settings[on]
+        result = run_script("bench.train_step", arguments + extra, env)
         record = result["results"][args.config]
-        return {"seconds": record["median_s"], "peak_rss_bytes": record.get("peak_rss_bytes")}
+        return {"seconds": record["median_s"], "peak_rss_bytes": record.get("peak_rss_bytes"),
+                "allocator": result["environment"].get("allocator")}
     return alternate(side, args.rounds)
 
 
@@ -171,6 +186,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--measurement", choices=MEASUREMENTS, default="train",
                         help="what is timed (freed_memory: the training step only)")
     parser.add_argument("--rounds", type=int, default=6, help="repetitions of each side, alternating")
+    parser.add_argument("--malloc", default="auto",
+                        help="--ablation allocator: the allocator compared with glibc's (auto: tcmalloc, else "
+                             "jemalloc; or tcmalloc, jemalloc, a library's path)")
     parser.set_defaults(config="base")
     args = parser.parse_args(argv)
     if isinstance(args.config, list):
@@ -179,9 +197,17 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         args.config = args.config[0]
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if args.ablation == "freed_memory":
+    if args.ablation in PROCESS_WIDE:
         if args.measurement != "train":
-            parser.error("--ablation freed_memory measures the training step only (--measurement train)")
+            parser.error(f"--ablation {args.ablation} measures the training step only (--measurement train)")
+        if args.ablation == "allocator":
+            try:
+                chosen, _ = allocator.resolve(args.malloc)
+            except ValueError as error:
+                parser.error(str(error))
+            if chosen == "glibc":
+                parser.error(f"--ablation allocator: --malloc {args.malloc} gives glibc's malloc, the side it is "
+                             f"compared with (install tcmalloc or jemalloc, e.g. apt install libtcmalloc-minimal4)")
         args.shape_arguments = shape_arguments(args)
         device = common.setup(args)
         summary = separate_processes(args)

@@ -257,12 +257,13 @@ def speedup(reference_s: Optional[float], ours_s: float) -> Optional[float]:
 
 
 def environment(args: argparse.Namespace, device: torch.device) -> Dict:
+    from unival.allocator import active_allocator
     from unival.memory import freed_memory_kept
 
     info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "device": str(device), "dtype": args.dtype, "cpu_count": os.cpu_count(),
             "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "freed_memory_kept": freed_memory_kept()}
+            "allocator": active_allocator(), "freed_memory_kept": freed_memory_kept()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:

@@ -3,6 +3,10 @@ writes the merged JSON and prints the Performance table of the README.
 
     python -m bench.run_all --threads 2 --out bench_results.json
     python -m bench.run_all --device cuda --dtype bf16 --out bench_cuda.json
+    python -m bench.run_all --malloc glibc         # the C library's malloc even where tcmalloc is installed
+
+Each process uses the memory allocator of ``--malloc`` (``unival.allocator``: by default tcmalloc, else jemalloc,
+where the system has them, as ``unival train`` does).
 """
 import argparse
 import json
@@ -11,13 +15,16 @@ import sys
 from typing import Dict, List, Optional
 
 from bench import common
+from unival import allocator
 
 GIB = 1024 ** 3
 
 
-def run_script(module: str, arguments: List[str]) -> Dict:
-    """The JSON a benchmark prints as ``python -m module arguments`` (its last top-level JSON object)."""
-    completed = subprocess.run([sys.executable, "-m", module, *arguments], capture_output=True, text=True)
+def run_script(module: str, arguments: List[str], env: Optional[Dict[str, str]] = None) -> Dict:
+    """The JSON a benchmark prints as ``python -m module arguments`` (its last top-level JSON object); ``env``:
+    the process's environment (default: this one's)."""
+    completed = subprocess.run([sys.executable, "-m", module, *arguments], capture_output=True, text=True,
+                               env=env)
     if completed.returncode:
         raise RuntimeError(f"{module} {' '.join(arguments)} failed with exit status {completed.returncode} "
                            f"(negative: killed by that signal, e.g. -9 when out of memory):\n"
@@ -103,21 +110,30 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--compile", action="store_true", help="torch.compile the transformer layers")
     parser.add_argument("--release-freed-memory", action="store_true",
                         help="glibc's default allocation: freed memory goes back to the system")
+    parser.add_argument("--malloc", default=allocator.default_choice(),
+                        help="memory allocator of the benchmark processes: auto (tcmalloc, else jemalloc, where "
+                             "installed, else glibc's), tcmalloc, jemalloc, glibc or a library's path "
+                             "(default: $UNIVAL_MALLOC, else auto)")
     parser.add_argument("--skip-data", action="store_true", help="skip the data-loading benchmark")
     parser.add_argument("--out", help="file for the merged JSON")
     args = parser.parse_args(argv)
+    try:
+        env, description = allocator.child_environment(args.malloc)
+    except ValueError as error:
+        parser.error(str(error))
+    print(f"[bench] {description}", file=sys.stderr, flush=True)
     base = model_arguments(args)
     results = {"matmul_peak": run_script("bench.matmul_peak", ["--threads", str(args.threads), "--device",
-                                                               args.device, "--dtype", args.dtype])}
+                                                               args.device, "--dtype", args.dtype], env)}
     for benchmark in ("train_step", "generate"):
         results[benchmark] = {}
         for name in args.config:
-            output = run_script(f"bench.{benchmark}", [*base, "--config", name])
+            output = run_script(f"bench.{benchmark}", [*base, "--config", name], env)
             results[benchmark][name] = output["results"][name]
             results.setdefault("environment", output["environment"])
             save(results, args.out)  # a later failure keeps what was measured
     if not args.skip_data:
-        results["data_loading"] = run_script("bench.data_loading", [])["results"]
+        results["data_loading"] = run_script("bench.data_loading", [], env)["results"]
     save(results, args.out)
     print(render_table(results))
     return results

@@ -1,9 +1,9 @@
 """Video clips for the video tasks: frames sampled one per equal segment, decoded with decord (PyAV as the
 fallback) with errors that name the row and the file, and the clip transform."""
+import importlib
 import os
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
-import av
 import numpy as np
 import torch
 from torch import Tensor
@@ -13,14 +13,11 @@ from torchvision.transforms import functional as F
 from unival.data_utils.media import MediaError, located, resolve_media_path
 from unival.data_utils.transforms import HALF_MEAN_STD
 
-try:
-    import decord
-    DECORD_ERRORS = (RuntimeError, decord.DECORDError, ValueError)
-except ImportError:  # PyAV reads the same files, only decoding from the start instead of seeking
-    decord = None
-    DECORD_ERRORS = ()
-
-PYAV_ERRORS = (av.FFmpegError, ValueError)
+# decord and PyAV (each with its own FFmpeg, 30 MB resident together) are imported at the first video read, so
+# that processes that read no video (training on images, generation, `unival --help`) do not load them.
+NOT_LOADED = object()
+decord = NOT_LOADED  # the decord module, None when it is not installed (PyAV then reads every file)
+av = NOT_LOADED
 # Side of the training crop as a fraction of the frame's shorter side: light, so objects stay in view.
 TRAIN_CROP_SCALE = (0.8, 1.0)
 MAX_REASON = 200  # decord's errors carry a C++ backtrace; the first line says what went wrong
@@ -67,16 +64,40 @@ def load_video(field: str, data_dir: Optional[str] = None, num_frames: int = 8, 
     if os.path.getsize(path) == 0:
         raise MediaError(located(source, f"empty video file (0 bytes): {path}"))
     reasons = []
-    if decord is not None:
+    if decord_module() is not None:
         try:
             return decord_frames(path, num_frames, train, rng)
-        except DECORD_ERRORS as err:
+        except decord_errors() as err:
             reasons.append(f"decord: {first_line(err)}")
     try:
         return pyav_frames(path, num_frames, train, rng)
-    except PYAV_ERRORS as err:
+    except (pyav_module().FFmpegError, ValueError) as err:
         reasons.append(f"PyAV: {first_line(err)}")
     raise MediaError(located(source, f"not a readable video: {path} ({'; '.join(reasons)})"))
+
+
+def decord_module():
+    """decord, imported on first use; None where it is not installed."""
+    global decord
+    if decord is NOT_LOADED:
+        try:
+            decord = importlib.import_module("decord")
+        except ImportError:  # PyAV reads the same files, only decoding from the start instead of seeking
+            decord = None
+    return decord
+
+
+def decord_errors() -> Tuple[type, ...]:
+    module = decord_module()
+    specific = getattr(module, "DECORDError", None)
+    return (RuntimeError, ValueError) + ((specific,) if isinstance(specific, type) else ())
+
+
+def pyav_module():
+    global av
+    if av is NOT_LOADED:
+        av = importlib.import_module("av")
+    return av
 
 
 def first_line(err: Exception) -> str:
@@ -87,7 +108,7 @@ def first_line(err: Exception) -> str:
 
 def decord_frames(path: str, num_frames: int, train: bool, rng: Optional[np.random.Generator]) -> np.ndarray:
     # One thread: data-loader workers already decode several videos at once.
-    reader = decord.VideoReader(path, num_threads=1)
+    reader = decord_module().VideoReader(path, num_threads=1)
     indices = sample_frame_indices(len(reader), num_frames, train, rng)
     return reader.get_batch(indices).asnumpy()
 
@@ -96,7 +117,7 @@ def pyav_frames(path: str, num_frames: int, train: bool, rng: Optional[np.random
     count = pyav_frame_count(path)
     indices = sample_frame_indices(count, num_frames, train, rng)
     wanted, kept, decoded = set(indices), {}, 0
-    with av.open(path) as container:
+    with pyav_module().open(path) as container:
         for frame in container.decode(video=0):
             if decoded in wanted:
                 kept[decoded] = frame.to_ndarray(format="rgb24")
@@ -110,7 +131,7 @@ def pyav_frames(path: str, num_frames: int, train: bool, rng: Optional[np.random
 
 def pyav_frame_count(path: str) -> int:
     """Frames of the first video stream: as the container declares them, else counted from its packets."""
-    with av.open(path) as container:
+    with pyav_module().open(path) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]

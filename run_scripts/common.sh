@@ -8,6 +8,8 @@
 #   MEDIA_DIR       folder that the media paths of the TSVs start from (default: DATA)
 #   DRY_RUN=1       print the commands instead of running them
 #   UNIVAL_CMD      the unival command (default: <repo>/.venv/bin/unival, or $UNIVAL_VENV/bin/unival, else PATH)
+#   UNIVAL_MALLOC   memory allocator of training: auto (default: tcmalloc, else jemalloc, where installed),
+#                   tcmalloc, jemalloc, glibc or a library's path (read by `unival train`, see its --malloc)
 
 UNIVAL_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 UNIVAL_CONFIGS="$UNIVAL_REPO/configs"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from unival.allocator import add_malloc_argument, environment_or_exit
 from unival.train import train_command
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def add_arguments(parser) -> None:
                         help="demo tasks to train, one after the other")
     parser.add_argument("--seed", type=int, default=1, help="seed of the corpus and of training")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and evaluation")
+    add_malloc_argument(parser)
     parser.add_argument("--max-epoch", type=int, default=None, help="override the config's number of epochs")
 
 
@@ -112,7 +114,9 @@ def train_and_score(task_name: str, out: Path, data: Path, args) -> dict:
     print(f"[demo] {task_name}: training: " + " ".join(command), flush=True)
     start = time.time()
     env_command = [str(Path(sys.executable).with_name("fairseq-train"))] + command[1:]
-    status = subprocess.call(env_command, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    env, allocator = environment_or_exit(args.malloc, "demo")
+    print(f"[demo] {allocator}", flush=True)
+    status = subprocess.call(env_command, env={**env, "OMP_NUM_THREADS": str(args.threads)})
     if status != 0:
         raise RuntimeError(f"fairseq-train failed with exit status {status}")
     minutes = (time.time() - start) / 60

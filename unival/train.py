@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 import unival
+from unival.allocator import add_malloc_argument, environment_or_exit
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 if not CONFIG_ROOT.is_dir():  # source checkout: configs/ sits beside the package
@@ -90,14 +91,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", required=True, help="folder holding the split TSVs")
     parser.add_argument("--save-dir", required=True, help="folder for checkpoints and logs")
     parser.add_argument("--dry-run", action="store_true", help="print the fairseq-train command and stop")
+    add_malloc_argument(parser)
     parser.epilog = "More fairseq-train options can follow `--`, e.g. `-- --max-epoch 2 --lr 5e-4`."
 
 
 def run(args) -> int:
     command = train_command(args.config, args.data, args.save_dir, args.passthrough)
+    env, allocator = environment_or_exit(args.malloc, "train")
     print("+ " + " ".join(shlex.quote(part) for part in command), flush=True)
+    print(f"[unival] {allocator}", flush=True)
     if args.dry_run:
         return 0
     executable = Path(sys.executable).with_name("fairseq-train")
     command[0] = str(executable) if executable.exists() else command[0]
-    return subprocess.call(command, env=dict(os.environ))
+    return subprocess.call(command, env=env)

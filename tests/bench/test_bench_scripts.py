@@ -39,6 +39,7 @@ def test_train_step(bench, capsys, optimizer):
     assert result["config"]["image_encoder"] == "resnet18" and result["config"]["batch_size"] == 2
     assert result["median_s"] > 0 and result["model_flops"] > 0 and result["peak_rss_bytes"] > 0
     assert result["fraction_of_peak"] > 0 and result["fraction_of_peak_best"] >= result["fraction_of_peak"]
+    assert output["environment"]["allocator"] in ("glibc", "tcmalloc", "jemalloc")
     # overridden shapes are not the issue's: no comparison with the original's figures
     assert "speedup" not in result and "reference_s" not in result
 
@@ -112,3 +113,30 @@ def test_ablation_switches_restore_the_change(bench):
 def test_freed_memory_ablation_needs_the_training_step(bench):
     with pytest.raises(SystemExit):
         bench("ablation").main(TOY + ["--ablation", "freed_memory", "--measurement", "greedy"])
+
+
+def test_allocator_ablation_needs_another_allocator(bench, monkeypatch, capsys):
+    from unival import allocator
+    monkeypatch.setattr(allocator, "find_library", lambda name: None)
+    with pytest.raises(SystemExit):
+        bench("ablation").main(TOY + ["--ablation", "allocator"])
+    assert "gives glibc's malloc, the side it is compared with" in capsys.readouterr().err
+
+
+def test_allocator_ablation_runs_each_side_with_its_allocator(bench, monkeypatch, capsys):
+    from unival import allocator
+    chosen, _ = allocator.resolve("auto")
+    if chosen == "glibc":
+        pytest.skip("the system has neither tcmalloc nor jemalloc (apt install libtcmalloc-minimal4)")
+    monkeypatch.chdir(REPO_ROOT)  # the sides run `python -m bench.train_step`
+    output = bench("ablation").main(TOY + ["--ablation", "allocator", "--rounds", "1"])
+    printed_json(capsys)
+    assert output["on"]["allocator"] == chosen and output["off"]["allocator"] == "glibc"
+    for side in ("on", "off"):
+        assert output[side]["median_s"] > 0 and output[side]["peak_rss_bytes"][0] > 0
+
+
+def test_run_all_refuses_an_unknown_allocator(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench("run_all").main(["--malloc", "mimalloc", "--skip-data"])
+    assert "--malloc mimalloc: expected one of auto, tcmalloc, jemalloc, glibc" in capsys.readouterr().err

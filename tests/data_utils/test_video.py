@@ -1,5 +1,7 @@
 """Tests of video loading: frame sampling, decoding with decord and with PyAV, the errors of broken files,
 and the clip transform."""
+import subprocess
+import sys
 import types
 
 import av
@@ -221,3 +223,10 @@ def test_train_transform_flips_only_when_asked():
     assert all(red_on_left(flip=False) for _ in range(10))
     sides = {red_on_left(flip=True) for _ in range(20)}
     assert sides == {True, False}
+
+
+def test_importing_unival_leaves_the_video_decoders_unloaded():
+    # decord and PyAV are imported at the first video read (30 MB resident that image-only processes never need)
+    code = "import sys, unival, unival.tasks; print(sorted({'av', 'decord'} & set(sys.modules)))"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip().splitlines()[-1] == "[]"

@@ -7,6 +7,7 @@ import pytest
 from task_files import setup_task
 
 import unival.tasks.base as task_base
+from unival.allocator import child_environment
 from unival.tasks.refcoco import RefcocoConfig, RefcocoTask
 
 make_task = partial(setup_task, RefcocoTask, RefcocoConfig, prefix="refcoco")
@@ -50,8 +51,9 @@ print(kept, retained, min(counts[1:]))
 
 
 def reallocation(mode: str):
+    env, _ = child_environment("glibc")  # glibc's malloc even where the tests run under tcmalloc
     completed = subprocess.run([sys.executable, "-c", REALLOCATION, mode], capture_output=True, text=True,
-                               check=True)
+                               check=True, env=env)
     kept, retained, faults = completed.stdout.split()
     return kept == "True", int(retained), int(faults)
 

@@ -41,9 +41,10 @@ def test_circular_includes_are_refused(tmp_path):
 def test_dry_run_prints_the_command_with_passthrough_options(tmp_path, capsys):
     assert cli_main(["train", "caption/demo", "--data", str(tmp_path), "--save-dir", "out", "--dry-run", "--",
                      "--max-epoch", "2"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.startswith("+ fairseq-train ") and printed.rstrip().endswith("--max-epoch 2")
-    assert "--arch unival_tiny" in printed and "--task caption" in printed
+    command, allocator = capsys.readouterr().out.splitlines()
+    assert command.startswith("+ fairseq-train ") and command.endswith("--max-epoch 2")
+    assert "--arch unival_tiny" in command and "--task caption" in command
+    assert allocator.startswith("[unival] memory allocator: ")
 
 
 def test_unknown_config_names_the_places_searched():
