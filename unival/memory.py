@@ -38,7 +38,7 @@ def keep_freed_memory() -> bool:
         return True
     if not sys.platform.startswith("linux"):
         return False
-    from unival.allocator import active_allocator
+    from unival.allocator import active_allocator, resolve
     allocator = active_allocator()
     if allocator != "glibc":
         logger.info("%s serves memory allocations: glibc's settings for keeping freed memory are not needed",
@@ -53,6 +53,11 @@ def keep_freed_memory() -> bool:
         return False
     _state["kept"] = True
     logger.info("freed memory stays in the process for reuse (--release-freed-memory gives it back instead)")
+    installed, library = resolve("auto")
+    if library:
+        logger.info("%s is installed: started with LD_PRELOAD=%s (as `unival train` starts fairseq-train), this "
+                    "process would hold less memory at its peak (glibc leaves free blocks between live ones)",
+                    installed, library)
     return True
 
 

@@ -134,3 +134,24 @@ def test_generate_names_a_different_vocabulary_and_image_size(corpus, trained, t
     # trained at 64 px, generated at the default 256: warned (the run then stops: the grid exceeds the position buckets)
     other_size = subprocess.run(generate, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert "trained with --patch-image-size 64 but this run uses --patch-image-size" in other_size.stderr
+
+
+@pytest.mark.parametrize("choice", ["auto", "glibc"])
+def test_unival_train_runs_fairseq_train_under_the_chosen_allocator(corpus, tmp_path, choice):
+    """`unival train` (what the run scripts call) starts fairseq-train with --malloc's allocator preloaded (auto:
+    tcmalloc or jemalloc where installed); its data-loading worker inherits it. Under glibc's malloc the task keeps
+    freed memory instead."""
+    from unival import allocator
+
+    chosen, library = allocator.resolve(choice)
+    result = run([str(BIN / "unival"), "train", "caption/demo", "--data", str(corpus), "--save-dir",
+                  str(tmp_path / "run"), "--malloc", choice, "--", "--patch-image-size", "64", "--max-update", "4",
+                  "--num-workers", "1", "--disable-validation", "--no-save"], tmp_path)
+    log = result.stdout + result.stderr
+    assert "done training" in log and "num_updates 4" in log
+    if library:
+        assert f"[unival] memory allocator: {chosen} ({library})" in log
+        assert f"{chosen} serves memory allocations" in log  # the fairseq-train process reports it
+    else:
+        assert "[unival] memory allocator: glibc's malloc" in log
+        assert "freed memory stays in the process for reuse" in log

@@ -11,15 +11,18 @@ from unival.cli import main as cli_main
 
 # Prints which allocator serves malloc and whether glibc's keep-freed-memory settings were applied.
 PROBE = """
-import json
+import json, logging
+logging.basicConfig(level=logging.INFO)
 from unival.allocator import active_allocator
 from unival.memory import keep_freed_memory
 print(json.dumps({"active": active_allocator(), "kept": keep_freed_memory()}))
 """
 
 
-def probe(env):
+def probe(env, logged=None):
     completed = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True)
+    if logged is not None:
+        logged.append(completed.stderr)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -91,6 +94,17 @@ def test_malloc_default_comes_from_the_environment(monkeypatch):
 def test_glibc_child_keeps_freed_memory_with_glibc_settings():
     env, _ = allocator.child_environment("glibc")
     assert probe(env) == {"active": "glibc", "kept": True}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD and /proc: Linux only")
+def test_glibc_process_is_told_of_an_installed_allocator():
+    installed, library = allocator.resolve("auto")
+    if library is None:
+        pytest.skip("the system has neither tcmalloc nor jemalloc (apt install libtcmalloc-minimal4)")
+    env, _ = allocator.child_environment("glibc")
+    logged = []
+    assert probe(env, logged)["kept"]
+    assert f"{installed} is installed: started with LD_PRELOAD={library}" in logged[0]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD and /proc: Linux only")
