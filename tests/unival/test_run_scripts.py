@@ -151,10 +151,12 @@ def test_dry_run_prints_the_fairseq_train_command(paths):
     env["UNIVAL_VENV"] = str(Path(sys.executable).parents[1])
     result = run("refcocog/train.sh", {**env, "DRY_RUN": "1", "NUM_GPUS": "0"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("+ fairseq-train ")
-    assert "--task refcoco " in result.stdout and f"--save-dir {paths['SAVE_DIR']} " in result.stdout
-    assert result.stdout.rstrip().endswith(f"--distributed-world-size 1 --update-freq 32 --cpu --finetune-from-model "
-                                           f"{paths['INIT_CHECKPOINT']} --dict-file {paths['DICT_FILE']}")
+    command, allocator = result.stdout.rstrip().splitlines()
+    assert command.startswith("+ fairseq-train ")
+    assert "--task refcoco " in command and f"--save-dir {paths['SAVE_DIR']} " in command
+    assert command.endswith(f"--distributed-world-size 1 --update-freq 32 --cpu --finetune-from-model "
+                            f"{paths['INIT_CHECKPOINT']} --dict-file {paths['DICT_FILE']}")
+    assert allocator.startswith("[unival] memory allocator: ")
 
 
 # ---- evaluate scripts ------------------------------------------------------------------------------------------
