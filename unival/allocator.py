@@ -2,7 +2,7 @@
 
 glibc's malloc fragments a training process's heap: the step allocates and frees activations and gradients of
 many sizes in an order that changes little from step to step, and blocks of one step land in the holes of the
-previous one. In the ``base`` training step 0.5 GiB of free blocks sat between live ones at the peak (glibc's
+previous one. In the ``base`` training step 0.56 GiB of free blocks sat between live ones at the peak (glibc's
 ``mallinfo2``). tcmalloc and jemalloc keep blocks of a size class together and do not fragment that way; loading
 one with ``LD_PRELOAD`` is what PyTorch's own CPU launcher (``python -m torch.backends.xeon.run_cpu``) does.
 
@@ -10,10 +10,11 @@ An allocator can only be chosen when a process starts, so the choice applies to 
 starts: ``unival train`` and ``unival demo`` (hence the run scripts) and ``bench.run_all``. ``auto`` takes
 tcmalloc, else jemalloc, where the system has them (Debian/Ubuntu: ``apt install libtcmalloc-minimal4`` or
 ``libjemalloc2``), else glibc's. ``UNIVAL_MALLOC`` gives the default of ``--malloc``; a path to a shared library
-is taken as is.
+is taken as is. Preloading is Linux's: elsewhere ``auto`` means the C library's malloc.
 """
 import ctypes.util
 import os
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -63,8 +64,10 @@ def resolve(choice: str) -> Tuple[str, Optional[str]]:
 
     Raises ValueError for an unknown choice, a named allocator the system lacks or a path that does not exist.
     """
-    if choice == "glibc":
+    if choice == "glibc" or (choice == "auto" and not sys.platform.startswith("linux")):
         return "glibc", None
+    if choice in CHOICES and not sys.platform.startswith("linux"):
+        raise ValueError(f"--malloc {choice}: preloading an allocator (LD_PRELOAD) works on Linux only")
     if "/" in choice:
         path = Path(choice)
         if not path.is_file():
@@ -112,7 +115,7 @@ def child_environment(choice: str, environ: Optional[Dict[str, str]] = None) -> 
         description = f"memory allocator: {allocator} ({library}); --malloc glibc for the C library's"
     elif choice == "auto":
         description = ("memory allocator: glibc's malloc (no tcmalloc or jemalloc found; on Debian/Ubuntu "
-                       "`apt install libtcmalloc-minimal4` makes CPU training faster and leaner)")
+                       "`apt install libtcmalloc-minimal4` lowers the peak memory of CPU training)")
     else:
         description = "memory allocator: glibc's malloc"
     return env, description

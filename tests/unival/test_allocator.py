@@ -126,3 +126,11 @@ def test_train_dry_run_names_the_allocator(tmp_path, capsys):
     assert cli_main(["train", "caption/demo", "--data", str(tmp_path), "--save-dir", "out", "--dry-run",
                      "--malloc", "glibc"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "[unival] memory allocator: glibc's malloc"
+
+
+def test_auto_means_the_c_library_off_linux(libraries, monkeypatch):
+    libraries({"tcmalloc"})
+    monkeypatch.setattr(allocator.sys, "platform", "darwin")
+    assert allocator.resolve("auto") == ("glibc", None)
+    with pytest.raises(ValueError, match="Linux only"):
+        allocator.resolve("tcmalloc")
