@@ -96,8 +96,9 @@ def is_percentage(metric: str) -> bool:
     return metric.startswith("Acc") or metric.startswith("accuracy")
 
 
-def train_and_score(task_name: str, out: Path, data: Path, args) -> dict:
-    """Scores the untrained model, trains with fairseq-train, scores again; the results of one demo task."""
+def train_and_score(task_name: str, out: Path, data: Path, args, env: dict) -> dict:
+    """Scores the untrained model, trains with fairseq-train (in the environment ``env``), scores again; the
+    results of one demo task."""
     from unival.generate import build_untrained, load_trained
 
     save_dir = out / task_name
@@ -114,8 +115,6 @@ def train_and_score(task_name: str, out: Path, data: Path, args) -> dict:
     print(f"[demo] {task_name}: training: " + " ".join(command), flush=True)
     start = time.time()
     env_command = [str(Path(sys.executable).with_name("fairseq-train"))] + command[1:]
-    env, allocator = environment_or_exit(args.malloc, "demo")
-    print(f"[demo] {allocator}", flush=True)
     status = subprocess.call(env_command, env={**env, "OMP_NUM_THREADS": str(args.threads)})
     if status != 0:
         raise RuntimeError(f"fairseq-train failed with exit status {status}")
@@ -130,13 +129,15 @@ def train_and_score(task_name: str, out: Path, data: Path, args) -> dict:
 
 def run(args) -> int:
     torch.set_num_threads(args.threads)
+    env, allocator = environment_or_exit(args.malloc, "demo")  # a bad --malloc stops before any work
+    print(f"[demo] {allocator}", flush=True)
     out = Path(args.out).resolve()
     data = out / "data"
     ensure_corpus(data, args.seed)
     all_results = []
     for task_name in args.task:
         try:
-            all_results.append(train_and_score(task_name, out, data, args))
+            all_results.append(train_and_score(task_name, out, data, args, env))
         except RuntimeError as err:
             print(f"[demo] {task_name}: {err}", file=sys.stderr)
             return 1

@@ -134,3 +134,9 @@ def test_auto_means_the_c_library_off_linux(libraries, monkeypatch):
     assert allocator.resolve("auto") == ("glibc", None)
     with pytest.raises(ValueError, match="Linux only"):
         allocator.resolve("tcmalloc")
+
+
+def test_demo_refuses_an_unknown_allocator_before_writing_anything(tmp_path):
+    with pytest.raises(SystemExit, match="unival demo: --malloc mimalloc: expected one of"):
+        cli_main(["demo", "--out", str(tmp_path / "demo"), "--malloc", "mimalloc"])
+    assert not (tmp_path / "demo").exists()
