@@ -14,6 +14,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from fairseq.data import Dictionary
 
+from unival.tasks.base import refuse_emulated_bfloat16
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,6 +68,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--release-freed-memory", action="store_true",
                         help="glibc's default allocation (the tasks' --release-freed-memory): freed memory goes "
                              "back to the system; by default it stays in the process, as the tasks keep it")
+    parser.add_argument("--allow-emulated-bf16", action="store_true",
+                        help="measure bfloat16 on a CPU without bfloat16 instructions (emulated: tens of times "
+                             "slower than float32), which is refused otherwise")
     parser.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak (no MFU)")
     parser.add_argument("--peak-size", type=int, help="matrix side of the peak measurement (default 2048 on CPU, "
                                                       "8192 on CUDA)")
@@ -80,6 +85,11 @@ def setup(args: argparse.Namespace) -> torch.device:
         raise ValueError("--device cuda given but torch sees no CUDA device")
     if device.type == "cpu" and args.dtype == "fp16":
         raise ValueError("--dtype fp16 needs --device cuda (CPU autocast runs bf16)")
+    if device.type == "cpu" and not args.allow_emulated_bf16:
+        if args.dtype == "bf16":
+            refuse_emulated_bfloat16("--dtype bf16", "--allow-emulated-bf16")
+        if getattr(args, "ablation", None) == "bf16_autocast":
+            refuse_emulated_bfloat16("--ablation bf16_autocast", "--allow-emulated-bf16")
     if not getattr(args, "release_freed_memory", False):
         from unival.memory import keep_freed_memory
         keep_freed_memory()  # what the unival tasks do when fairseq-train sets them up

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 from bench import common
 from unival import allocator
+from unival.tasks.base import refuse_emulated_bfloat16
 
 GIB = 1024 ** 3
 
@@ -44,6 +45,8 @@ def model_arguments(args: argparse.Namespace) -> List[str]:
         arguments.append("--compile")
     if args.release_freed_memory:
         arguments.append("--release-freed-memory")
+    if args.allow_emulated_bf16:
+        arguments.append("--allow-emulated-bf16")
     return arguments
 
 
@@ -114,9 +117,16 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                         help="memory allocator of the benchmark processes: auto (tcmalloc, else jemalloc, where "
                              "installed, else glibc's), tcmalloc, jemalloc, glibc or a library's path "
                              "(default: $UNIVAL_MALLOC, else auto)")
+    parser.add_argument("--allow-emulated-bf16", action="store_true",
+                        help="--dtype bf16 on a CPU without bfloat16 instructions (emulated, tens of times slower)")
     parser.add_argument("--skip-data", action="store_true", help="skip the data-loading benchmark")
     parser.add_argument("--out", help="file for the merged JSON")
     args = parser.parse_args(argv)
+    if args.device == "cpu" and args.dtype == "bf16" and not args.allow_emulated_bf16:
+        try:  # before the matmul peak, which alone would take minutes of emulated products
+            refuse_emulated_bfloat16("--dtype bf16", "--allow-emulated-bf16")
+        except ValueError as error:
+            parser.error(str(error))
     try:
         env, description = allocator.child_environment(args.malloc)
     except ValueError as error:

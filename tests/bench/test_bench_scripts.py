@@ -84,7 +84,10 @@ def test_run_all_table_lists_every_measurement(bench):
 @pytest.mark.parametrize("ablation, measurement", [("few_row_linear", "greedy"), ("late_gradient", "train"),
                                                    ("skip_identity_reorder", "beam5"), ("bf16_autocast", "train")])
 def test_ablation_alternates_both_sides_in_one_process(bench, capsys, ablation, measurement):
-    output = bench("ablation").main(TOY + ["--ablation", ablation, "--measurement", measurement, "--rounds", "2"])
+    # bfloat16 at these toy sizes is fast enough even where the CPU emulates it
+    extra = ["--allow-emulated-bf16"] if ablation == "bf16_autocast" else []
+    output = bench("ablation").main(TOY + ["--ablation", ablation, "--measurement", measurement, "--rounds", "2"]
+                                    + extra)
     assert printed_json(capsys)["ablation"] == ablation
     assert output["measurement"] == measurement and output["config"]["batch_size"] == 2
     for side in ("on", "off"):
@@ -108,6 +111,36 @@ def test_ablation_switches_restore_the_change(bench):
     with ablation.bf16_autocast(False):
         assert ablation.precision(args) == "fp32"
     assert ablation.precision(args) == "fp32" and ablation.precision(argparse.Namespace(dtype="bf16")) == "bf16"
+
+
+@pytest.fixture
+def cpu_without_bfloat16(monkeypatch):
+    from unival.tasks import base
+    monkeypatch.setattr(base, "native_bfloat16_cpu", lambda: False)
+
+
+@pytest.mark.parametrize("script, arguments", [("train_step", ["--dtype", "bf16"]), ("generate", ["--dtype", "bf16"]),
+                                               ("ablation", ["--ablation", "bf16_autocast"])])
+def test_bfloat16_on_a_cpu_without_its_instructions_is_refused(bench, cpu_without_bfloat16, script, arguments):
+    what = " ".join(arguments)
+    with pytest.raises(ValueError, match=f"{what}: this CPU has no bfloat16 instructions .* --allow-emulated-bf16"):
+        bench(script).main(TOY + arguments + ["--no-peak"])
+
+
+def test_run_all_refuses_emulated_bfloat16_before_measuring_anything(bench, cpu_without_bfloat16, monkeypatch,
+                                                                      capsys):
+    run_all = bench("run_all")
+    started = []
+    monkeypatch.setattr(run_all, "run_script", lambda module, arguments, env=None: started.append(module))
+    with pytest.raises(SystemExit):
+        run_all.main(["--dtype", "bf16", "--skip-data"])
+    assert started == [] and "--dtype bf16: this CPU has no bfloat16 instructions" in capsys.readouterr().err
+    with pytest.raises(TypeError):  # allowed: it goes on to the benchmarks (this stub returns no JSON)
+        run_all.main(["--dtype", "bf16", "--skip-data", "--allow-emulated-bf16", "--malloc", "glibc"])
+    assert started[0] == "bench.matmul_peak"
+    assert "--allow-emulated-bf16" in run_all.model_arguments(argparse.Namespace(
+        threads=1, device="cpu", dtype="bf16", steps=1, warmup=0, no_channels_last=False, compile=False,
+        release_freed_memory=False, allow_emulated_bf16=True))
 
 
 def test_freed_memory_ablation_needs_the_training_step(bench):

@@ -38,7 +38,8 @@ def training_run(task, steps, batch):
 
 
 def test_training_runs_its_forward_in_bfloat16_and_keeps_float32_weights(image_corpus):
-    task = caption_task(image_corpus, autocast_bf16=True)
+    # allowed on any CPU: the numerics are the same where bfloat16 is emulated, and the tiny model stays fast
+    task = caption_task(image_corpus, autocast_bf16=True, allow_emulated_bf16=True)
     batch = first_rows_batch(task, "train", 4)
     losses, dtypes, model, criterion = training_run(task, 12, batch)
     assert set(dtypes) == {torch.bfloat16}
@@ -68,17 +69,41 @@ def test_autocast_with_a_reduced_precision_optimizer_is_refused(image_corpus):
         task.train_step(batch, model, criterion, amp_optimizer, 0)
 
 
-@pytest.mark.parametrize("native, warned", [(True, False), (False, True), (None, False)])
-def test_a_cpu_without_bfloat16_instructions_is_warned_about_once(image_corpus, monkeypatch, caplog, native, warned):
+@pytest.mark.parametrize("native", [True, None])
+@pytest.mark.parametrize("allowed", [False, True])
+def test_a_cpu_with_bfloat16_instructions_or_an_unknown_one_runs_silently(image_corpus, monkeypatch, caplog, native,
+                                                                         allowed):
     from unival.tasks import base
     monkeypatch.setattr(base, "native_bfloat16_cpu", lambda: native)
-    task = caption_task(image_corpus, autocast_bf16=True)
+    task = caption_task(image_corpus, autocast_bf16=True, allow_emulated_bf16=allowed)
     model = build_tiny_model(task.dictionary)
     with caplog.at_level("WARNING"):
         for _ in range(2):
             with task.forward_autocast(model):
                 pass
-    assert caplog.text.count("this CPU has no bfloat16 instructions") == (1 if warned else 0)
+    assert "bfloat16" not in caplog.text
+
+
+def test_a_cpu_without_bfloat16_instructions_is_refused_unless_allowed(image_corpus, monkeypatch, caplog):
+    from unival.tasks import base
+    monkeypatch.setattr(base, "native_bfloat16_cpu", lambda: False)
+    task = caption_task(image_corpus, autocast_bf16=True)
+    model = build_tiny_model(task.dictionary)
+    batch = first_rows_batch(task, "train", 2)
+    criterion = AdjustLabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.1)
+    for step in (lambda: task.train_step(batch, model, criterion, None, 0),
+                 lambda: task.valid_step(batch, model, criterion)):
+        with pytest.raises(ValueError, match=r"--autocast-bf16: this CPU has no bfloat16 instructions .* emulated"
+                                             r".* pass --allow-emulated-bf16"):
+            step()
+    assert all(p.grad is None for p in model.parameters())  # refused before any computation
+
+    allowed = caption_task(image_corpus, autocast_bf16=True, allow_emulated_bf16=True)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            with allowed.forward_autocast(model):
+                pass
+    assert caplog.text.count("this CPU has no bfloat16 instructions, so bfloat16 is emulated") == 1
 
 
 def test_this_machines_bfloat16_support_is_read():
