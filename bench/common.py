@@ -277,8 +277,29 @@ def environment(args: argparse.Namespace, device: torch.device) -> Dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:
-        info["cpu"] = platform.processor() or platform.machine()
+        from unival.tasks.base import native_bfloat16_cpu
+        info.update(cpu=cpu_description(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                    cpu_bfloat16=native_bfloat16_cpu())
     return info
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name with its family and model numbers (a virtual machine's name alone, e.g. "AMD EPYC",
+    does not tell one generation from another), from ``cpuinfo``; the platform's name where it is not readable."""
+    fields: Dict[str, str] = {}
+    try:
+        with open(cpuinfo) as file:
+            for line in file:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def config_record(config: BenchConfig) -> Dict:

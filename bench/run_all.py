@@ -140,13 +140,28 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         for name in args.config:
             output = run_script(f"bench.{benchmark}", [*base, "--config", name], env)
             results[benchmark][name] = output["results"][name]
+            if isinstance(output.get("matmul_peak"), dict):  # the peak this process's fractions are against
+                results[benchmark][name]["matmul_peak_flops_per_s"] = output["matmul_peak"]["flops_per_s"]
             results.setdefault("environment", output["environment"])
             save(results, args.out)  # a later failure keeps what was measured
     if not args.skip_data:
         results["data_loading"] = run_script("bench.data_loading", [], env)["results"]
     save(results, args.out)
+    print(describe_machine(results))
     print(render_table(results))
     return results
+
+
+def describe_machine(results: Dict) -> str:
+    """One line on where the figures were taken: the processor and the best matmul peak of the run."""
+    env = results.get("environment", {})
+    where = env.get("gpu") or " ".join(str(part) for part in (env.get("cpu"), env.get("cpu_capability")) if part)
+    peaks = [row["matmul_peak_flops_per_s"] for benchmark in ("train_step", "generate")
+             for row in results.get(benchmark, {}).values() if "matmul_peak_flops_per_s" in row]
+    peaks.append((results.get("matmul_peak") or {}).get("flops_per_s", 0))
+    peak = f"matmul peak {min(peaks) / 1e9:.0f}-{max(peaks) / 1e9:.0f} GFLOP/s" if max(peaks) else "no matmul peak"
+    return (f"{where or 'unknown machine'}, {env.get('threads', '?')} threads, {env.get('dtype', '?')}, allocator "
+            f"{env.get('allocator', '?')}: {peak}")
 
 
 if __name__ == "__main__":

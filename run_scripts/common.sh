@@ -3,7 +3,8 @@
 #
 # Variables read here:
 #   NUM_GPUS        GPUs to train on (default: the entries of CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`; 0: CPU)
-#   PRECISION       fp16 (default on GPUs, the paper's), bf16 or fp32; on the CPU fp32 (default) or bf16 (autocast)
+#   PRECISION       fp16 (default on GPUs, the paper's), bf16 or fp32; on the CPU fp32 (default) or bf16 (autocast;
+#                   refused on a CPU without bfloat16 instructions, see README, Performance)
 #   NUM_WORKERS     data-loading processes per GPU (default: fairseq's)
 #   MEDIA_DIR       folder that the media paths of the TSVs start from (default: DATA)
 #   DRY_RUN=1       print the commands instead of running them

@@ -40,6 +40,8 @@ def test_train_step(bench, capsys, optimizer):
     assert result["median_s"] > 0 and result["model_flops"] > 0 and result["peak_rss_bytes"] > 0
     assert result["fraction_of_peak"] > 0 and result["fraction_of_peak_best"] >= result["fraction_of_peak"]
     assert output["environment"]["allocator"] in ("glibc", "tcmalloc", "jemalloc")
+    assert output["environment"]["cpu_capability"] in ("DEFAULT", "NO AVX", "AVX2", "AVX512", "VSX", "Z VECTOR", "SVE256")
+    assert output["environment"]["cpu_bfloat16"] in (True, False, None) and output["environment"]["cpu"]
     # overridden shapes are not the issue's: no comparison with the original's figures
     assert "speedup" not in result and "reference_s" not in result
 
@@ -79,6 +81,20 @@ def test_run_all_table_lists_every_measurement(bench):
     assert len(table) == 2 + 3 + 3
     assert table[2] == "| base | training step | 2.00 | 1.50 | 4.00 | 2.00 | 0.250 (0.300) | 2.00 (original 4.28) |"
     assert "80 frames/s" in table[-2]
+
+
+def test_run_all_names_the_machine_and_its_peaks(bench, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+                       "model name\t: AMD EPYC\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert bench("common").cpu_description(str(cpuinfo)) == "AMD EPYC (family 25, model 1)"
+    assert bench("common").cpu_description(str(tmp_path / "missing"))  # falls back to the platform's name
+    results = {"matmul_peak": {"flops_per_s": 110e9},
+               "train_step": {"tiny": {"matmul_peak_flops_per_s": 121e9}, "base": {}},
+               "environment": {"cpu": "AMD EPYC (family 25, model 1)", "cpu_capability": "AVX2", "threads": 2,
+                               "dtype": "fp32", "allocator": "tcmalloc"}}
+    assert bench("run_all").describe_machine(results) == (
+        "AMD EPYC (family 25, model 1) AVX2, 2 threads, fp32, allocator tcmalloc: matmul peak 110-121 GFLOP/s")
 
 
 @pytest.mark.parametrize("ablation, measurement", [("few_row_linear", "greedy"), ("late_gradient", "train"),
