@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from fairseq.data import Dictionary
 
-from unival.tasks.base import refuse_emulated_bfloat16
+from unival.tasks.base import native_bfloat16_cpu, refuse_emulated_bfloat16
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -277,7 +277,6 @@ def environment(args: argparse.Namespace, device: torch.device) -> Dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:
-        from unival.tasks.base import native_bfloat16_cpu
         info.update(cpu=cpu_description(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
                     cpu_bfloat16=native_bfloat16_cpu())
     return info

@@ -153,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 
 def describe_machine(results: Dict) -> str:
-    """One line on where the figures were taken: the processor and the best matmul peak of the run."""
+    """One line on where the figures were taken: the processor and the range of the run's matmul peaks."""
     env = results.get("environment", {})
     where = env.get("gpu") or " ".join(str(part) for part in (env.get("cpu"), env.get("cpu_capability")) if part)
     peaks = [row["matmul_peak_flops_per_s"] for benchmark in ("train_step", "generate")
