@@ -4,6 +4,7 @@ alike. Prints JSON with each side's times and the ratio of their medians (off / 
     python -m bench.ablation --ablation few_row_linear --config base --measurement greedy
     python -m bench.ablation --ablation late_gradient --config base
     python -m bench.ablation --ablation bf16_autocast --config base     # --autocast-bf16 against float32
+    python -m bench.ablation --ablation onednn_linear --config base     # oneDNN against the BLAS for linear layers
     python -m bench.ablation --ablation freed_memory --config tiny      # each side in its own process
     python -m bench.ablation --ablation allocator --config base         # tcmalloc against glibc's malloc
 
@@ -65,6 +66,18 @@ def skip_identity_reorder(enabled: bool) -> Iterator[None]:
         UnivalDecoder.reorder_incremental_state_scripting = saved
 
 
+@contextlib.contextmanager
+def onednn_linear(enabled: bool) -> Iterator[None]:
+    """CPU float32 linear layers multiplied by oneDNN (off: by the BLAS, torch's default)."""
+    from unival.models import cpu_linear
+    saved = cpu_linear.backend()
+    cpu_linear.set_backend("onednn" if enabled else "blas")
+    try:
+        yield
+    finally:
+        cpu_linear.set_backend(saved)
+
+
 # The precision bf16_autocast imposes on the repetitions (None: the command line's --dtype).
 _forced_dtype: Dict[str, Optional[str]] = {"dtype": None}
 
@@ -85,7 +98,8 @@ def precision(args: argparse.Namespace) -> str:
 
 
 IN_PROCESS = {"few_row_linear": few_row_linear, "late_gradient": late_gradient,
-              "skip_identity_reorder": skip_identity_reorder, "bf16_autocast": bf16_autocast}
+              "skip_identity_reorder": skip_identity_reorder, "bf16_autocast": bf16_autocast,
+              "onednn_linear": onednn_linear}
 PROCESS_WIDE = ("freed_memory", "allocator")
 ABLATIONS = (*IN_PROCESS, *PROCESS_WIDE)
 

@@ -2,6 +2,7 @@
 figures, timing, peak memory, FLOP counting and the JSON every script prints."""
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -14,6 +15,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 from fairseq.data import Dictionary
 
+from unival import allocator
+from unival.models import cpu_linear
 from unival.tasks.base import native_bfloat16_cpu, refuse_emulated_bfloat16
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -178,11 +181,18 @@ def timed_median(step: Callable[[], object], steps: int, warmup: int, device: to
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
+def onednn_linear_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of oneDNN's linear product (x @ weight^T), which torch's counter does not know."""
+    return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * weight_shape[0]
+
+
 def count_flops(run: Callable[[], object]) -> int:
-    """FLOPs of one call of ``run`` (matrix products, convolutions, attention), by torch's counter."""
+    """FLOPs of one call of ``run`` (matrix products, convolutions, attention), by torch's counter, which is
+    taught oneDNN's linear product (models/cpu_linear.py)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    extra = {torch.ops.mkldnn._linear_pointwise: onednn_linear_flops} if cpu_linear.onednn_available() else {}
+    counter = FlopCounterMode(display=False, custom_mapping=extra)
     with counter:
         run()
     return int(counter.get_total_flops())
@@ -239,7 +249,10 @@ def machine_peak(args: argparse.Namespace, device: torch.device) -> Optional[Dic
     if args.no_peak:
         return None
     from bench.matmul_peak import measure_matmul_peak
-    return measure_matmul_peak(device, args.dtype, args.peak_size)
+    peak = measure_matmul_peak(device, args.dtype, args.peak_size)
+    if device.type == "cpu":
+        allocator.release_free_memory()  # the product's matrices, which would otherwise count in the model's peak
+    return peak
 
 
 def best_peak(*peaks: Optional[Dict[str, float]]) -> Optional[Dict[str, float]]:
@@ -278,23 +291,14 @@ def environment(args: argparse.Namespace, device: torch.device) -> Dict:
         info["gpu"] = torch.cuda.get_device_name(device)
     else:
         info.update(cpu=cpu_description(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                    cpu_bfloat16=native_bfloat16_cpu())
+                    cpu_bfloat16=native_bfloat16_cpu(), cpu_linear=cpu_linear.backend())
     return info
 
 
 def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's model name with its family and model numbers (a virtual machine's name alone, e.g. "AMD EPYC",
     does not tell one generation from another), from ``cpuinfo``; the platform's name where it is not readable."""
-    fields: Dict[str, str] = {}
-    try:
-        with open(cpuinfo) as file:
-            for line in file:
-                if not line.strip():
-                    break  # the first processor's block is enough
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    fields = cpu_linear.cpuinfo_fields(cpuinfo)
     name = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']}, model {fields['model']})"

@@ -156,6 +156,8 @@ def describe_machine(results: Dict) -> str:
     """One line on where the figures were taken: the processor and the range of the run's matmul peaks."""
     env = results.get("environment", {})
     where = env.get("gpu") or " ".join(str(part) for part in (env.get("cpu"), env.get("cpu_capability")) if part)
+    if not env.get("gpu") and env.get("cpu_linear"):
+        where += f", linear layers by {'oneDNN' if env['cpu_linear'] == 'onednn' else 'the BLAS'}"
     peaks = [row["matmul_peak_flops_per_s"] for benchmark in ("train_step", "generate")
              for row in results.get(benchmark, {}).values() if "matmul_peak_flops_per_s" in row]
     peaks.append((results.get("matmul_peak") or {}).get("flops_per_s", 0))

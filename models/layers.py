@@ -11,6 +11,8 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from timm.layers import DropPath
 from torch import Tensor
 
+from unival.models import cpu_linear
+
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
@@ -89,13 +91,14 @@ class Linear(nn.Linear):
     Incremental decoding multiplies every weight matrix by one row per hypothesis. There the time is spent
     reading the weights, and for 2 to 8 rows the BLAS reads them at 1.2-2.5x the bandwidth in this orientation
     (measured on the development machine: 768 x 3072 weights, 2 rows, 7 against 17 GB/s). The products are the
-    same; only the order of the float additions may differ. Larger inputs and other devices use ``F.linear``.
+    same; only the order of the float additions may differ. Larger inputs go through ``cpu_linear.linear``
+    (oneDNN or the BLAS on the CPU), other devices through ``F.linear``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // self.in_features if self.in_features else 0
         if x.device.type != "cpu" or not 0 < rows <= FEW_ROWS:
-            return F.linear(x, self.weight, self.bias)
+            return cpu_linear.linear(x, self.weight, self.bias)
         flat = x.reshape(rows, self.in_features).t()
         if self.bias is None:
             out = torch.mm(self.weight, flat)

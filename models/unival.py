@@ -16,6 +16,7 @@ from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqI
                             register_model, register_model_architecture)
 from torch import Tensor
 
+from unival.models import cpu_linear, layers
 from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
 from unival.models.video_encoders import VideoBackbone, video_position_ids, video_tokens
@@ -187,15 +188,15 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
         self.layernorm_embedding = None if cfg.no_layernorm_embedding else nn.LayerNorm(dim)
         self.type_embedding = None if cfg.no_type_embedding else nn.Embedding(2, dim)
         self.embed_images = ResNetBackbone(cfg.image_encoder, cfg.image_encoder_stages, cfg.image_drop_path_rate)
-        self.image_proj = nn.Linear(self.embed_images.num_channels, dim)
+        self.image_proj = Linear(self.embed_images.num_channels, dim)
         if cfg.video_encoder:
             self.embed_videos = VideoBackbone(cfg.video_encoder)
-            self.video_proj = nn.Linear(self.embed_videos.num_channels, dim)
+            self.video_proj = Linear(self.embed_videos.num_channels, dim)
         if cfg.audio_encoder:
             self.embed_audios = PannBackbone(cfg.audio_encoder, sample_rate=cfg.audio_sample_rate,
                                              window_size=cfg.audio_window_size, hop_size=cfg.audio_hop_size,
                                              mel_bins=cfg.audio_mel_bins, fmin=cfg.audio_fmin, fmax=cfg.audio_fmax)
-            self.audio_proj = nn.Linear(self.embed_audios.num_channels, dim)
+            self.audio_proj = Linear(self.embed_audios.num_channels, dim)
         self.patch_layernorm_embedding = None if cfg.no_patch_layernorm_embedding else nn.LayerNorm(dim)
         self._build_positions(cfg, dim, cfg.encoder_attention_heads, cfg.encoder_layers, cfg.max_source_positions)
         grid_size = cfg.image_bucket_size ** 2 + 1
@@ -205,8 +206,8 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
         if cfg.audio_encoder:
             self.embed_audio_positions = nn.Embedding(grid_size, dim)
         self.image_pos_ln = nn.LayerNorm(dim)
-        self.pos_q_linear = nn.Linear(dim, dim)
-        self.pos_k_linear = nn.Linear(dim, dim)
+        self.pos_q_linear = Linear(dim, dim)
+        self.pos_k_linear = Linear(dim, dim)
         rates = drop_path_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
         self.layers = nn.ModuleList([EncoderLayer(cfg, rate) for rate in rates])
         self.layer_norm = nn.LayerNorm(dim)
@@ -370,9 +371,9 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
         self.layernorm_embedding = None if cfg.no_layernorm_embedding else nn.LayerNorm(dim)
         self._build_positions(cfg, dim, cfg.decoder_attention_heads, cfg.decoder_layers, cfg.max_target_positions)
         self.self_pos_q_linear = Linear(dim, dim)
-        self.self_pos_k_linear = nn.Linear(dim, dim)
+        self.self_pos_k_linear = Linear(dim, dim)
         self.cross_pos_q_linear = Linear(dim, dim)
-        self.cross_pos_k_linear = nn.Linear(dim, dim)
+        self.cross_pos_k_linear = Linear(dim, dim)
         if cfg.code_layernorm_embedding:
             # Image-code generation of OFA; kept only so that checkpoints holding these weights load strictly.
             self.code_layernorm_embedding = nn.LayerNorm(dim)
@@ -490,14 +491,19 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
         return mask
 
     def output_layer(self, features: Tensor, weight: Optional[Tensor] = None) -> Tensor:
-        """(B, T, C) features -> (B, T, V) logits, computed as weight @ features^T (the same products).
+        """(B, T, C) features -> (B, T, V) logits, computed as weight @ features^T (the same products), or by
+        ``cpu_linear.linear`` where oneDNN multiplies the CPU's linear layers and there are more than a few rows.
 
         Written so that the weight's gradient comes out of backward as a plain matrix rather than a transposed
         view: autograd then adds the token-embedding gradients of the shared weight into it in place, instead
         of allocating a third vocabulary-sized matrix at the peak of training memory.
         """
         flat = features.reshape(-1, features.size(-1))
-        logits = torch.mm(self.output_projection.weight if weight is None else weight, flat.t()).t()
+        weight = self.output_projection.weight if weight is None else weight
+        if flat.size(0) > layers.FEW_ROWS and cpu_linear.uses_onednn(flat, weight):
+            logits = cpu_linear.linear(flat, weight)  # its weight gradient is a plain matrix too
+        else:
+            logits = torch.mm(weight, flat.t()).t()
         return logits.reshape(*features.shape[:-1], logits.size(-1))
 
     def max_positions(self) -> int:

@@ -138,3 +138,19 @@ def active_allocator() -> str:
     except (OSError, AttributeError, ValueError):
         pass
     return "glibc"
+
+
+def release_free_memory() -> bool:
+    """Gives the free memory the allocator holds back to the system (tcmalloc's ``MallocExtension_ReleaseFreeMemory``,
+    glibc's ``malloc_trim``), so that memory freed before a measurement does not count in its peak; False where
+    the allocator has no such call (jemalloc, other systems)."""
+    process = ctypes.CDLL(None)
+    release = {"tcmalloc": "MallocExtension_ReleaseFreeMemory", "glibc": "malloc_trim"}.get(active_allocator())
+    function = getattr(process, release, None) if release else None
+    if function is None:
+        return False
+    if release == "malloc_trim":
+        function(ctypes.c_size_t(0))
+    else:
+        function()
+    return True

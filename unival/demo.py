@@ -3,7 +3,6 @@ on test captioning, trains it with fairseq-train, scores it again and prints bot
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time

@@ -4,7 +4,6 @@ A config is a flat map of fairseq-train options (``lr: 1.0e-4``, ``arch: unival_
 configs it builds on (paths relative to it), later keys winning. Paths and hardware come from the command
 line, hyperparameters from the YAML.
 """
-import os
 import shlex
 import subprocess
 import sys

@@ -27,6 +27,29 @@ def test_matmul_peak(bench, capsys):
     output = bench("matmul_peak").main(["--threads", "1", "--size", "64", "--repeats", "1"])
     assert printed_json(capsys) == output
     assert output["size"] == 64 and output["flops_per_s"] > 0
+    from unival.models import cpu_linear
+    # both libraries that multiply the model's matrices are measured; the peak is the faster
+    assert set(output["flops_per_s_by_library"]) == ({"blas", "onednn"} if cpu_linear.onednn_available() else {"blas"})
+    assert output["flops_per_s"] == max(output["flops_per_s_by_library"].values())
+    assert output["flops_per_s_by_library"][output["library"]] == output["flops_per_s"]
+
+
+def test_flop_count_is_the_same_whichever_library_multiplies(bench):
+    from unival.models import cpu_linear
+    if not cpu_linear.onednn_available():
+        pytest.skip("this torch has no oneDNN linear product")
+    import torch
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    weight = torch.randn(24, 16, requires_grad=True)
+    saved = dict(cpu_linear._chosen)
+    counts = {}
+    try:
+        for name in ("blas", "onednn"):
+            cpu_linear.set_backend(name)
+            counts[name] = bench("common").count_flops(lambda: cpu_linear.linear(x, weight).sum().backward())
+    finally:
+        cpu_linear._chosen.update(saved)
+    assert counts == {"blas": 3 * 2 * 15 * 16 * 24, "onednn": 3 * 2 * 15 * 16 * 24}
 
 
 @pytest.mark.parametrize("optimizer", ["fused", "fairseq"])
@@ -43,6 +66,7 @@ def test_train_step(bench, capsys, optimizer):
     capabilities = ("DEFAULT", "NO AVX", "AVX2", "AVX512", "VSX", "Z VECTOR", "SVE256")
     assert output["environment"]["cpu_capability"] in capabilities
     assert output["environment"]["cpu_bfloat16"] in (True, False, None) and output["environment"]["cpu"]
+    assert output["environment"]["cpu_linear"] in ("blas", "onednn")
     # overridden shapes are not the issue's: no comparison with the original's figures
     assert "speedup" not in result and "reference_s" not in result
 
@@ -96,10 +120,15 @@ def test_run_all_names_the_machine_and_its_peaks(bench, tmp_path):
                                "dtype": "fp32", "allocator": "tcmalloc"}}
     assert bench("run_all").describe_machine(results) == (
         "AMD EPYC (family 25, model 1) AVX2, 2 threads, fp32, allocator tcmalloc: matmul peak 110-121 GFLOP/s")
+    results["environment"].update(cpu_capability="AVX512", cpu_linear="onednn")
+    assert bench("run_all").describe_machine(results) == (
+        "AMD EPYC (family 25, model 1) AVX512, linear layers by oneDNN, 2 threads, fp32, allocator tcmalloc: "
+        "matmul peak 110-121 GFLOP/s")
 
 
 @pytest.mark.parametrize("ablation, measurement", [("few_row_linear", "greedy"), ("late_gradient", "train"),
-                                                   ("skip_identity_reorder", "beam5"), ("bf16_autocast", "train")])
+                                                   ("skip_identity_reorder", "beam5"), ("bf16_autocast", "train"),
+                                                   ("onednn_linear", "train")])
 def test_ablation_alternates_both_sides_in_one_process(bench, capsys, ablation, measurement):
     # bfloat16 at these toy sizes is fast enough even where the CPU emulates it
     extra = ["--allow-emulated-bf16"] if ablation == "bf16_autocast" else []
@@ -128,6 +157,11 @@ def test_ablation_switches_restore_the_change(bench):
     with ablation.bf16_autocast(False):
         assert ablation.precision(args) == "fp32"
     assert ablation.precision(args) == "fp32" and ablation.precision(argparse.Namespace(dtype="bf16")) == "bf16"
+    from unival.models import cpu_linear
+    chosen = cpu_linear.backend()
+    with ablation.onednn_linear(False):
+        assert cpu_linear.backend() == "blas"
+    assert cpu_linear.backend() == chosen
 
 
 @pytest.fixture

@@ -140,3 +140,35 @@ def test_demo_refuses_an_unknown_allocator_before_writing_anything(tmp_path):
     with pytest.raises(SystemExit, match="unival demo: --malloc mimalloc: expected one of"):
         cli_main(["demo", "--out", str(tmp_path / "demo"), "--malloc", "mimalloc"])
     assert not (tmp_path / "demo").exists()
+
+
+# Frees 256 MiB of 1 MiB blocks, then gives the allocator's free memory back; prints the resident sizes.
+RELEASE_PROBE = """
+import json
+from unival.allocator import active_allocator, release_free_memory
+from unival.memory import keep_freed_memory
+
+def resident():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+keep_freed_memory()
+blocks = [bytearray(1 << 20) for _ in range(256)]
+del blocks
+held = resident()
+released = release_free_memory()
+print(json.dumps({"active": active_allocator(), "released": released, "held": held, "after": resident()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD and /proc: Linux only")
+@pytest.mark.parametrize("name", ["glibc", "tcmalloc"])
+def test_release_free_memory_gives_freed_blocks_back(name):
+    if name != "glibc":
+        system_library(name)
+    env, _ = allocator.child_environment(name)
+    completed = subprocess.run([sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True, env=env,
+                               check=True)
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["active"] == name and result["released"] is True
+    assert result["held"] - result["after"] > 200 * (1 << 20)
