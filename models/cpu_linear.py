@@ -9,6 +9,7 @@ oneDNN where it is chosen; both compute in float32, only the order of the additi
 The choice: ``UNIVAL_CPU_LINEAR=auto|blas|onednn`` (environment) or ``set_backend``; ``auto`` takes oneDNN on a
 non-Intel x86 CPU whose vector capability torch reports as AVX-512, the BLAS elsewhere.
 """
+import functools
 import logging
 import os
 import platform
@@ -42,8 +43,23 @@ def cpuinfo_fields(cpuinfo: str = "/proc/cpuinfo") -> Dict[str, str]:
     return fields
 
 
+@functools.lru_cache(maxsize=None)
 def onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether this torch has oneDNN's linear product (a private operator of torch's oneDNN fusions) and it
+    multiplies as ``F.linear`` does: checked once on a small product, so that a torch whose operator changed
+    falls back to the BLAS rather than failing or computing something else."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    x = torch.arange(12, dtype=torch.float32).view(3, 4) / 8
+    weight = torch.arange(20, dtype=torch.float32).view(5, 4) / 16 - 0.5
+    bias = torch.arange(5, dtype=torch.float32)
+    try:
+        with torch.no_grad():
+            product = onednn_product(x, weight, bias)
+    except RuntimeError as error:
+        logger.warning("oneDNN's linear product failed a check (%s); the BLAS multiplies the linear layers", error)
+        return False
+    return product.shape == (3, 5) and torch.allclose(product, F.linear(x, weight, bias), atol=1e-5)
 
 
 def auto_backend(vendor: Optional[str] = None, capability: Optional[str] = None) -> str:

@@ -146,3 +146,14 @@ def test_cpuinfo_fields_reads_the_first_processor(tmp_path):
     assert cpu_linear.cpuinfo_fields(str(cpuinfo)) == {"processor": "0", "vendor_id": "AuthenticAMD",
                                                        "model name": "AMD EPYC"}
     assert cpu_linear.cpuinfo_fields(str(tmp_path / "missing")) == {}
+
+
+def test_a_onednn_product_that_fails_its_check_leaves_the_blas(monkeypatch):
+    cpu_linear.onednn_available.cache_clear()
+    monkeypatch.setattr(cpu_linear, "onednn_product", lambda x, weight, bias: x @ weight.t())  # bias forgotten
+    try:
+        assert cpu_linear.onednn_available() is False
+        monkeypatch.setattr(cpu_linear.platform, "machine", lambda: "x86_64")
+        assert cpu_linear.auto_backend("AuthenticAMD", "AVX512") == "blas"
+    finally:
+        cpu_linear.onednn_available.cache_clear()
