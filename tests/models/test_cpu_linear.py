@@ -11,7 +11,7 @@ needs_onednn = pytest.mark.skipif(not cpu_linear.onednn_available(),
 
 
 @pytest.fixture
-def backend(monkeypatch):
+def backend():
     """Sets the process's backend for one test; the choice in force before is restored after it."""
     saved = dict(cpu_linear._chosen)
     yield lambda name: cpu_linear.set_backend(name)
