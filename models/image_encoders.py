@@ -57,7 +57,8 @@ class ResNetBackbone(nn.Module):
                     len(state) - len(kept))
 
     def forward(self, images: Tensor) -> Tensor:
-        x = self.maxpool(self.act1(self.bn1(self.conv1(images))))
+        # float32 pixels into a network cast to float16/bfloat16 (fairseq-generate --fp16) take its type
+        x = self.maxpool(self.act1(self.bn1(self.conv1(images.to(self.conv1.weight.dtype)))))
         for i in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{i}")(x)
         return x

@@ -264,11 +264,11 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
         parts = {key: self.embed_media(key, media[key].index_select(0, index)) for key, index in rows.items()}
         length = max(part[0].size(1) for part in parts.values())
         dim = next(iter(parts.values()))[0].size(-1)
-        reference = next(iter(media.values()))
-        x = reference.new_zeros(batch, length, dim)
-        positions = reference.new_zeros(batch, length, dim)
-        position_ids = torch.zeros(batch, length, dtype=torch.long, device=reference.device)
-        padding = torch.ones(batch, length, dtype=torch.bool, device=reference.device)
+        first, first_positions, _ = next(iter(parts.values()))  # of the model's type (float16 after --fp16)
+        x = first.new_zeros(batch, length, dim)
+        positions = first_positions.new_zeros(batch, length, dim)
+        position_ids = torch.zeros(batch, length, dtype=torch.long, device=first.device)
+        padding = torch.ones(batch, length, dtype=torch.bool, device=first.device)
         for key, (part, part_positions, part_ids) in parts.items():
             index, count = rows[key], part.size(1)
             x[index, :count] = part

@@ -217,7 +217,8 @@ class VideoBackbone(nn.Module):
         logger.info("loaded video encoder %s weights from %s (%d tensors)", self.name, file, len(state))
 
     def forward(self, video: Tensor) -> Tensor:
-        x = video
+        # float32 frames into a network cast to float16/bfloat16 (fairseq-generate --fp16) take its type
+        x = video.to(next(self.parameters()).dtype)
         for module in self.children():
             x = module(x)
         return x if self.keep_time else x.mean(dim=2, keepdim=True)

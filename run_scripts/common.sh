@@ -3,8 +3,9 @@
 #
 # Variables read here:
 #   NUM_GPUS        GPUs to train on (default: the entries of CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`; 0: CPU)
-#   PRECISION       fp16 (default on GPUs, the paper's), bf16 or fp32; on the CPU fp32 (default) or bf16 (autocast;
-#                   refused on a CPU without bfloat16 instructions, see README, Performance)
+#   PRECISION       fp16 (default on GPUs, the paper's), bf16 (autocast, float32 weights) or fp32; on the CPU fp32
+#                   (default) or bf16 (autocast; refused on a CPU without bfloat16 instructions, see README,
+#                   Performance). Evaluation runs in float32 unless PRECISION is set.
 #   NUM_WORKERS     data-loading processes per GPU (default: fairseq's)
 #   MEDIA_DIR       folder that the media paths of the TSVs start from (default: DATA)
 #   DRY_RUN=1       print the commands instead of running them
@@ -101,13 +102,37 @@ hardware_args() {
   else
     case "${PRECISION:-fp16}" in
       fp16) HARDWARE_ARGS+=(--fp16) ;;
-      bf16) HARDWARE_ARGS+=(--bf16) ;;
+      bf16) HARDWARE_ARGS+=(--autocast-bf16) ;;  # not fairseq's --bf16, which means a TPU run
       fp32) ;;
       *) fail "PRECISION=$PRECISION: expected fp16, bf16 or fp32" ;;
     esac
   fi
   if [ -n "${NUM_WORKERS:-}" ]; then
     HARDWARE_ARGS+=(--num-workers "$NUM_WORKERS")
+  fi
+}
+
+# evaluation_args: sets EVALUATION_ARGS, the `unival evaluate` options for the GPUs found: --cpu without one; on
+# GPUs --fp16 or --bf16 where PRECISION is set to it (unset: float32). On the CPU prediction stays float32, which
+# is as fast there as a bfloat16 model.
+evaluation_args() {
+  local gpus
+  gpus="$(gpu_count)"
+  EVALUATION_ARGS=()
+  if (( gpus == 0 )); then
+    EVALUATION_ARGS+=(--cpu)
+    case "${PRECISION:-fp32}" in
+      fp32|bf16) ;;
+      fp16) fail "PRECISION=fp16 needs a GPU: on the CPU use bf16 (autocast) or fp32" ;;
+      *) fail "PRECISION=$PRECISION: expected fp16, bf16 or fp32" ;;
+    esac
+  else
+    case "${PRECISION:-fp32}" in
+      fp16) EVALUATION_ARGS+=(--fp16) ;;
+      bf16) EVALUATION_ARGS+=(--bf16) ;;
+      fp32) ;;
+      *) fail "PRECISION=$PRECISION: expected fp16, bf16 or fp32" ;;
+    esac
   fi
 }
 
@@ -169,11 +194,12 @@ evaluate_splits() {
   require_dir DATA
   require_file CHECKPOINT DICT_FILE
   media_args
+  evaluation_args
   local unival split
   unival="$(unival_command)"
   for split in $splits; do
     local -a command=("$unival" evaluate --task "$task" --checkpoint "$CHECKPOINT" --data "$DATA" --split "$split"
-                      --config "$config" "${options[@]}" --save-predictions "$SAVE_DIR/${split}_predictions.json"
+                      --config "$config" "${EVALUATION_ARGS[@]}" "${options[@]}" --save-predictions "$SAVE_DIR/${split}_predictions.json"
                       --output "$SAVE_DIR/${split}_results.json" -- --dict-file "$DICT_FILE" "${MEDIA_ARGS[@]}" "$@")
     if [ "${DRY_RUN:-0}" = "0" ]; then
       "${command[@]}"

@@ -3,6 +3,7 @@ checkpoint) against the references of its TSV (captions also JSON or COCO annota
 the scores as JSON."""
 import argparse
 import json
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ ROW = "row"
 WHITESPACE = re.compile(r"\s*")
 HYPOTHESIS_LINE = re.compile(r"[HD]-(?P<id>[^\s]+)\t(?P<score>[^\t]*)(?:\t(?P<text>.*))?")
 TARGET_LINE = re.compile(r"T-(?P<id>[^\s]+)\t(?P<text>.*)")
+
+logger = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -410,6 +413,7 @@ def evaluate_checkpoint(args) -> Dict:
     model = load_checkpoint(args.checkpoint, ema=args.ema, dictionary=task.target_dictionary)
     if torch.cuda.is_available() and not args.cpu:
         model = model.cuda()
+    model = in_precision(model, args)
     evaluation = EVALUATORS[args.task]
     predictions, references = generate_split(model, task, args.split, batch_size=args.batch_size)
     if args.save_predictions:
@@ -421,6 +425,18 @@ def evaluate_checkpoint(args) -> Dict:
     else:
         results = evaluation.score(predictions, references, args)
     return {**results, "checkpoint": str(args.checkpoint), "split": args.split}
+
+
+def in_precision(model, args):
+    """The model in the precision of ``--fp16`` or ``--bf16`` (as fairseq-generate --fp16 casts it: weights and
+    activations; media are cast on entry), else as loaded (float32)."""
+    dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None
+    if dtype is None:
+        return model
+    if next(model.parameters()).device.type == "cpu":
+        logger.warning("--%s on the CPU: predictions in %s, but no faster than float32 there (meant for GPUs)",
+                       "fp16" if args.fp16 else "bf16", dtype)
+    return model.to(dtype)
 
 
 def save_predictions(path: str, predictions: Mapping, evaluation: TaskEvaluation) -> None:
@@ -483,6 +499,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ema", action="store_true", help="--checkpoint: use the EMA weights the checkpoint holds")
     parser.add_argument("--batch-size", type=int, default=16, help="--checkpoint: samples per batch")
     parser.add_argument("--cpu", action="store_true", help="--checkpoint: predict on the CPU even with a GPU")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true",
+                           help="--checkpoint: predict with the model cast to float16 (GPUs; default float32)")
+    precision.add_argument("--bf16", action="store_true",
+                           help="--checkpoint: predict with the model cast to bfloat16 (GPUs; default float32)")
     parser.add_argument("--save-predictions", help="--checkpoint: also write the predictions as JSON here")
 
 

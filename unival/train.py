@@ -85,6 +85,15 @@ def train_command(config: str, data: str, save_dir: str, extra: Optional[List[st
     return ["fairseq-train"] + argv + list(extra or [])
 
 
+def check_precision_options(argv: List[str]) -> None:
+    """Refuses fairseq's ``--bf16`` without ``--tpu``: fairseq turns it into a TPU run (its option parser sets
+    ``--tpu``), which on a GPU or CPU stops at startup inside fairseq looking for torch_xla."""
+    bf16 = [flag for flag in ("--bf16", "--memory-efficient-bf16") if flag in argv]
+    if bf16 and "--tpu" not in argv:
+        raise ValueError(f"{bf16[0]} makes fairseq-train a TPU run (fairseq sets --tpu with it) and fails on GPUs and "
+                         "CPUs: use --autocast-bf16 (bfloat16 autocast, float32 weights) or --fp16")
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("config", help="YAML config: a path or a name under configs/ such as caption/demo")
     parser.add_argument("--data", required=True, help="folder holding the split TSVs")
@@ -96,6 +105,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     command = train_command(args.config, args.data, args.save_dir, args.passthrough)
+    try:
+        check_precision_options(command)
+    except ValueError as error:
+        raise SystemExit(f"unival train: {error}")
     env, allocator = environment_or_exit(args.malloc, "train")
     print("+ " + " ".join(shlex.quote(part) for part in command), flush=True)
     print(f"[unival] {allocator}", flush=True)

@@ -92,6 +92,33 @@ def test_generate_and_evaluate_from_the_command_line(corpus, trained, tmp_path):
     assert len(saved) == 24 and set(saved[0]) == {"id", "caption"}
 
 
+def test_half_precision_prediction_from_the_command_line(corpus, trained, tmp_path):
+    """fairseq-generate --fp16 casts the model to float16 and hands it float32 images; `unival evaluate --bf16`
+    predicts with a bfloat16 model. Both mostly agree with float32 (on a GPU the same code runs, faster)."""
+    save_dir, _, _ = trained
+    generate = [str(BIN / "fairseq-generate"), str(corpus), "--user-dir", plugin_dir(), "--task", "caption",
+                "--tsv-prefix", "caption", "--patch-image-size", "64", "--path", str(save_dir / "checkpoint_best.pt"),
+                "--gen-subset", "test", "--beam", "2", "--max-len-b", "16", "--batch-size", "8", "--cpu"]
+
+    def captions(output):
+        return dict(line.split("\t")[::2] for line in output.splitlines() if line.startswith("D-"))
+
+    float32, float16 = captions(run(generate, tmp_path).stdout), captions(run(generate + ["--fp16"], tmp_path).stdout)
+    assert len(float32) == len(float16) == 24
+    assert sum(float16[key] == caption for key, caption in float32.items()) >= 18, (float32, float16)
+
+    scores = {}
+    for precision in ([], ["--bf16"]):
+        output = tmp_path / f"scores{''.join(precision)}.json"
+        result = run([str(BIN / "unival"), "evaluate", "--task", "caption", "--checkpoint",
+                      str(save_dir / "checkpoint_best.pt"), "--data", str(corpus), "--split", "test", "--cpu",
+                      *precision, "--metrics", "CIDEr", "--output", str(output), "--", "--tsv-prefix", "caption",
+                      "--patch-image-size", "64", "--eval-beam", "2", "--eval-max-len", "16"], tmp_path)
+        scores[tuple(precision)] = json.loads(output.read_text())["scores"]["CIDEr"]
+    assert "--bf16 on the CPU" in result.stderr
+    assert scores[("--bf16",)] == pytest.approx(scores[()], abs=0.2) and scores[()] > 0.3, scores
+
+
 def test_training_lifts_cider_far_above_the_untrained_model(corpus, trained):
     from unival.generate import build_untrained, generate_split, load_trained
     from unival.metrics import score_captions

@@ -227,6 +227,27 @@ def test_bfloat16_autocast_runs_every_modality_and_stays_close_to_float32():
     assert all(grad.dtype == torch.float32 and torch.isfinite(grad).all() for grad in grads.values())
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 0.01), (torch.bfloat16, 0.05)])
+@pytest.mark.parametrize("patch_types", [[0, 2, 1], [0, 0, 0]], ids=["mixed", "images"])
+def test_a_model_cast_to_half_precision_takes_float32_media(dtype, tolerance, patch_types):
+    """What fairseq-generate --fp16 and ``unival evaluate --fp16/--bf16`` run: the model cast to float16 or
+    bfloat16 is given float32 pixels, frames and waveforms, as the datasets make them."""
+    options = dict(video_encoder="r3d_18", audio_encoder="cnn6", audio_sample_rate=16000, audio_hop_size=160,
+                   audio_window_size=512, audio_fmax=8000.0)
+    torch.manual_seed(2)
+    inputs = batch(size=3)
+    if patch_types != [0, 0, 0]:
+        inputs["patch_audios"] = torch.randn(3, 16000) * 0.1
+        inputs["patch_videos"] = torch.randn(3, 3, 4, 32, 32)
+    inputs["patch_types"] = torch.tensor(patch_types)
+    with torch.no_grad():
+        reference, _ = tiny_model(**options)(**inputs)
+        logits, _ = tiny_model(**options).to(dtype)(**inputs)
+    assert logits.dtype == dtype and all(value.dtype == torch.float32 for value in inputs.values()
+                                         if value.is_floating_point())
+    assert (logits.float() - reference).abs().max() < tolerance * reference.abs().max()
+
+
 def test_a_checkpoint_of_another_vocabulary_is_refused_with_the_reason():
     trained, model = tiny_model(), tiny_model(dictionary_size=70)
     state = trained.state_dict()

@@ -137,7 +137,8 @@ def test_fairseq_takes_the_script_options_the_last_one_winning(paths, tmp_path):
     command = train_command(argv[1], argv[3], argv[5], argv[split + 1:])
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=command[1:])
     assert (args.task, args.tsv_prefix, args.save_dir) == ("refcoco", "refcoco", paths["SAVE_DIR"])
-    assert args.distributed_world_size == 4 and args.update_freq == [8] and args.bf16 and not args.fp16
+    assert args.distributed_world_size == 4 and args.update_freq == [8]
+    assert args.autocast_bf16 and not (args.bf16 or args.tpu or args.fp16)  # bfloat16 autocast, not a TPU run
     assert args.finetune_from_model == paths["INIT_CHECKPOINT"] and args.dict_file == paths["DICT_FILE"]
     assert args.media_dir == str(media) and args.num_workers == 3
     assert args.lr == [1e-6] and args.batch_size == 8  # the caller's option wins; the config's stays otherwise
@@ -165,7 +166,7 @@ def test_dry_run_prints_the_fairseq_train_command(paths):
 def test_evaluate_script_dry_run_prints_one_unival_evaluate_per_split(script, paths):
     config = EVALUATE_SCRIPTS[script]
     options_of_config = load_config(CONFIG_ROOT / f"{config}.yaml")
-    result = run(script, {**paths, "DRY_RUN": "1"})
+    result = run(script, {**paths, "DRY_RUN": "1", "NUM_GPUS": "0"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     splits = DEFAULT_SPLITS[script.split("/")[0]]
@@ -179,6 +180,7 @@ def test_evaluate_script_dry_run_prints_one_unival_evaluate_per_split(script, pa
         assert args.checkpoint == paths["SAVE_DIR"] + "/checkpoint_best.pt" and args.data == paths["DATA"]
         assert args.output == f"{paths['SAVE_DIR']}/{split}_results.json"
         assert args.ema == bool(options_of_config.get("store_ema"))
+        assert args.cpu and not (args.fp16 or args.bf16)  # NUM_GPUS=0: float32 on the CPU
         assert argv[argv.index("--") + 1:] == ["--dict-file", paths["DICT_FILE"]]
 
 
@@ -243,7 +245,9 @@ def test_gpu_count_refuses_a_bad_num_gpus():
      "--distributed-world-size 1 --update-freq 32 --cpu --autocast-bf16"),
     ("refcoco/finetune", {"NUM_GPUS": "8"}, "--distributed-world-size 8 --update-freq 4 --fp16"),
     ("coco_caption/finetune", {"NUM_GPUS": "1", "PRECISION": "fp32"}, "--distributed-world-size 1 --update-freq 8"),
-    ("coco_caption/scst", {"NUM_GPUS": "2", "PRECISION": "bf16"}, "--distributed-world-size 2 --update-freq 16 --bf16"),
+    # not fairseq's --bf16: its parser makes that a TPU run
+    ("coco_caption/scst", {"NUM_GPUS": "2", "PRECISION": "bf16"},
+     "--distributed-world-size 2 --update-freq 16 --autocast-bf16"),
 ])
 def test_hardware_options_keep_the_global_batch_of_the_config(config, env, expected):
     result = run(with_common(f'hardware_args {config}; echo "${{HARDWARE_ARGS[*]}}"'), env)
@@ -262,9 +266,31 @@ def test_an_unknown_precision_is_refused(gpus):
     assert result.returncode != 0 and "PRECISION=fp8" in result.stderr
 
 
-def test_fp16_on_the_cpu_is_refused():
-    result = run(with_common("hardware_args refcoco/finetune"), {"NUM_GPUS": "0", "PRECISION": "fp16"})
+@pytest.mark.parametrize("function", ["hardware_args refcoco/finetune", "evaluation_args"])
+def test_fp16_on_the_cpu_is_refused(function):
+    result = run(with_common(function), {"NUM_GPUS": "0", "PRECISION": "fp16"})
     assert result.returncode != 0 and "PRECISION=fp16 needs a GPU" in result.stderr
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"NUM_GPUS": "0"}, "--cpu"),
+    ({"NUM_GPUS": "0", "PRECISION": "bf16"}, "--cpu"),  # a bfloat16 model predicts no faster on the CPU
+    ({"NUM_GPUS": "2"}, ""),  # float32 unless asked
+    ({"NUM_GPUS": "2", "PRECISION": "fp16"}, "--fp16"),
+    ({"NUM_GPUS": "1", "PRECISION": "bf16"}, "--bf16"),
+    ({"NUM_GPUS": "1", "PRECISION": "fp32"}, ""),
+])
+def test_evaluation_options_follow_the_gpus_and_precision(env, expected):
+    result = run(with_common('evaluation_args; echo "${EVALUATION_ARGS[*]}"'), env)
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, expected, "")
+
+
+def test_evaluate_scripts_predict_in_the_chosen_precision(paths):
+    result = run("vqav2/evaluate.sh", {**paths, "NUM_GPUS": "4", "PRECISION": "fp16", "SPLITS": "valid"})
+    assert result.returncode == 0, result.stderr
+    argv = recorded_argv(paths)
+    args = build_parser(argv).parse_args(argv[:argv.index("--")])
+    assert args.fp16 and not (args.bf16 or args.cpu) and args.split == "valid"
 
 
 # ---- the configs the scripts run -------------------------------------------------------------------------------

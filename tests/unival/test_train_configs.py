@@ -47,6 +47,19 @@ def test_dry_run_prints_the_command_with_passthrough_options(tmp_path, capsys):
     assert allocator.startswith("[unival] memory allocator: ")
 
 
+@pytest.mark.parametrize("flag", ["--bf16", "--memory-efficient-bf16"])
+def test_fairseqs_bf16_is_refused_because_fairseq_makes_it_a_tpu_run(flag, tmp_path, capsys):
+    # fairseq's own parser turns --bf16 into --tpu: the run would stop inside fairseq looking for torch_xla
+    args = options.parse_args_and_arch(options.get_training_parser(),
+                                       input_args=train_command("caption/demo", str(tmp_path), "out", [flag])[1:])
+    assert args.tpu
+    with pytest.raises(SystemExit, match=f"unival train: {flag} makes fairseq-train a TPU run.*--autocast-bf16"):
+        cli_main(["train", "caption/demo", "--data", str(tmp_path), "--save-dir", "out", "--dry-run", "--", flag])
+    assert capsys.readouterr().out == ""  # refused before anything is printed or run
+    assert cli_main(["train", "caption/demo", "--data", str(tmp_path), "--save-dir", "out", "--dry-run", "--",
+                     flag, "--tpu"]) == 0  # a real TPU run is the caller's business
+
+
 def test_unknown_config_names_the_places_searched():
     with pytest.raises(FileNotFoundError, match="nonexistent"):
         train_command("nonexistent/config", "data", "save")
