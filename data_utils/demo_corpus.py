@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import av
 import numpy as np
 import soundfile
 from PIL import Image, ImageDraw
@@ -336,6 +335,8 @@ def write_mp4(frames: Sequence[np.ndarray], path: Union[str, Path], fps: int = D
     bytes. With its assembly (AVX-512 on the development machine) x264 wrote different bytes for the same frames
     in about one corpus in ten, depending on what the process had done before (uninitialised memory, presumably);
     its C code did not in any of 600 trials, at no noticeable cost for clips this small."""
+    import av  # here: image-only corpora (the GPU checks) need no PyAV
+
     height, width = frames[0].shape[:2]
     if height % 2 or width % 2:
         raise ValueError(f"{path}: yuv420p needs even frame sizes, got {width}x{height}")

@@ -1,0 +1,89 @@
+"""bench.device_check, the one command for a lent GPU: its CUDA plan holds every precision check, its verdicts
+read fairseq's logs right, and its toy-scale CPU run trains, generates with a float16 model and reports."""
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def device_check(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    return importlib.import_module("bench.device_check")
+
+
+def log(*losses):
+    return "".join(f"2026-12-03 | INFO | train_inner | epoch 001:      {i} / 9 loss={loss}, nll_loss=1.0, ppl=2\n"
+                   for i, loss in enumerate(losses, 1))
+
+
+def test_training_verdict_reads_the_losses_and_wants_them_to_fall(device_check):
+    verify = device_check.verify_training(updates=6)
+    assert verify(log(9.5, 9.1, 8.0, 7.2, 6.9, 6.1)) == {"updates_logged": 6, "first_loss": 9.5, "last_loss": 6.1}
+    with pytest.raises(AssertionError, match="did not fall"):
+        verify(log(9.5, 9.6, 9.7, 9.8, 9.9, 10.0))
+    with pytest.raises(AssertionError, match="not finite"):
+        verify(log(9.5, 9.1, "nan", 7.2, 6.9, 6.1))
+    with pytest.raises(AssertionError, match="1 logged updates of 6"):
+        verify(log(9.5))
+
+
+def test_the_cuda_plan_runs_every_precision_on_the_gpu(device_check, tmp_path):
+    plan = device_check.Plan("cuda", tmp_path / "out", tmp_path, quick=False, threads=2)
+    bench = device_check.bench_checks(plan)
+    assert [check.name for check in bench] == ["bench_bf16", "bench_fp16", "bench_fp32"]
+    assert all("--config" not in check.command and "cuda" in check.command for check in bench)  # full shapes
+    training = {check.name: check.command for check in device_check.training_checks(plan, tmp_path / "data")}
+    assert list(training) == [f"train_{name}" for name in device_check.TRAIN_PRECISIONS]
+    assert all("--cpu" not in command and command[command.index("--max-update") + 1] == "30"
+               for command in training.values())
+    assert training["train_fp16"][-1] == "--fp16" and training["train_autocast_bf16"][-1] == "--autocast-bf16"
+    assert training["train_autocast_bf16_compiled"][-2:] == ["--autocast-bf16", "--compile-layers"]
+    assert not any("--bf16" in command for command in training.values())  # fairseq's --bf16 is a TPU run
+    generate = device_check.generation_check(plan, tmp_path / "data", test_images=16).command
+    assert "--fp16" in generate and "--cpu" not in generate
+    # correctness before timings, so that a run cut short by the machine's time limit keeps the checks that matter
+    names = [check.name for check in device_check.plan_checks(plan)]
+    assert names == list(training) + ["generate_fp16", "bench_bf16", "bench_fp16", "bench_fp32"]
+
+
+def test_cuda_is_refused_where_torch_sees_none(device_check, monkeypatch, tmp_path):
+    monkeypatch.setattr(device_check.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="torch sees no CUDA device"):
+        device_check.main(["--out", str(tmp_path)])
+
+
+@pytest.mark.e2e
+def test_toy_run_on_the_cpu_trains_generates_and_reports(device_check, tmp_path, capsys):
+    status = device_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--only", "generate_fp16"])
+    results = json.loads((tmp_path / "device_check.json").read_text())
+    assert status == 0, results
+    checks = results["checks"]
+    assert list(checks) == ["train_fp32", "generate_fp16"]  # generation needs the float32 run's checkpoint
+    assert checks["train_fp32"]["ok"] and checks["train_fp32"]["last_loss"] < checks["train_fp32"]["first_loss"]
+    assert checks["generate_fp16"] == {**checks["generate_fp16"], "ok": True, "hypotheses": 8}
+    assert "| generate_fp16 | ok |" in capsys.readouterr().out
+
+
+def test_an_unknown_check_is_named(device_check, tmp_path):
+    with pytest.raises(SystemExit, match="no check train_fp16 on cpu"):
+        device_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--only", "train_fp16"])
+
+
+def test_a_failing_or_hanging_check_is_recorded_with_the_end_of_its_output(device_check, tmp_path):
+    import sys
+    never = device_check.verify_training(updates=6)
+    failing = device_check.Check("boom", [sys.executable, "-c", "print('step 1'); raise SystemExit(3)"], 30, never)
+    record = device_check.run_check(failing, threads=1, cwd=tmp_path)
+    assert (record["ok"], record["exit_status"], record["error"]) == (False, 3, "exit status 3")
+    assert "step 1" in record["output_tail"]
+    hanging = device_check.Check("hang", [sys.executable, "-c", "print('waiting', flush=True); "
+                                          "import time; time.sleep(30)"], 1, never)
+    record = device_check.run_check(hanging, threads=1, cwd=tmp_path)
+    assert record["error"] == "exit status (timed out)" and "timed out after 1 s" in record["output_tail"]
+    passing = device_check.Check("fine", [sys.executable, "-c", "print('no losses here')"], 30, never)
+    record = device_check.run_check(passing, threads=1, cwd=tmp_path)
+    assert record["exit_status"] == 0 and not record["ok"] and "0 logged updates" in record["error"]
