@@ -34,6 +34,7 @@ CUDA_ONLY = {"fp16", "amp"}  # fairseq's float16 optimizers and GradScaler are C
 BENCH_DTYPES = ("bf16", "fp16", "fp32")
 LOSS = re.compile(r"\| train_inner \| .*? loss=([-\w.]+),")
 TAIL_CHARS = 3000
+MIN_CHECK_S = 20  # a check given less time than this is not started
 
 
 @dataclass
@@ -118,7 +119,7 @@ def bench_checks(plan: Plan) -> List[Check]:
         if plan.quick:
             arguments += ["--config", "tiny", "--steps", "2", "--warmup", "1"]
         checks.append(Check(f"bench_{dtype}", python_module("bench.run_all", *arguments),
-                            300 if plan.quick else 420, verify_bench(path)))
+                            300 if plan.quick else 240, verify_bench(path)))
     return checks
 
 
@@ -147,7 +148,8 @@ def training_checks(plan: Plan, data: Path) -> List[Check]:
         save_dir = plan.work / f"train_{name}"
         command = python_module("fairseq_cli.train", *training_options(plan, data), "--save-dir", str(save_dir),
                                 *flags)
-        checks.append(Check(f"train_{name}", command, 240 if plan.quick else 300, verify_training(plan.updates)))
+        limit = 240 if plan.quick or "--compile-layers" in flags else 150  # compiling takes a minute or two
+        checks.append(Check(f"train_{name}", command, limit, verify_training(plan.updates)))
     return checks
 
 
@@ -162,17 +164,22 @@ def generation_check(plan: Plan, data: Path, test_images: int) -> Check:
     return Check("generate_fp16", command, 180, verify_generation(test_images))
 
 
-def run_check(check: Check, threads: int, cwd: Path) -> Dict:
+def run_check(check: Check, threads: int, cwd: Path, seconds_left: float = math.inf) -> Dict:
+    """Runs ``check`` for at most its own limit and ``seconds_left``; its verdict, figures and, if it failed, the
+    end of its output."""
+    timeout = min(check.timeout_s, seconds_left)
+    if seconds_left < MIN_CHECK_S:
+        print(f"[device_check] {check.name}: not run, {seconds_left:.0f} s of --budget-s left", flush=True)
+        return {"ok": False, "seconds": 0.0, "exit_status": None, "error": "not run: out of --budget-s"}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **check.env}
     start = time.time()
     print(f"[device_check] {check.name}: {' '.join(check.command[1:])}", flush=True)
     try:
-        completed = subprocess.run(check.command, cwd=cwd, env=env, capture_output=True, text=True,
-                                   timeout=check.timeout_s)
+        completed = subprocess.run(check.command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
         output, status = completed.stdout + completed.stderr, completed.returncode
     except subprocess.TimeoutExpired as expired:
         output = (expired.stdout or b"").decode(errors="replace") + (expired.stderr or b"").decode(errors="replace")
-        output, status = output + f"\n[timed out after {check.timeout_s:.0f} s]", None
+        output, status = output + f"\n[timed out after {timeout:.0f} s]", None
     record = {"seconds": round(time.time() - start, 1), "exit_status": status}
     if status == 0:
         try:
@@ -227,12 +234,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="folder for device_check.json and the benchmarks' JSON")
     parser.add_argument("--quick", action="store_true", help="toy scale: tiny benchmark only, 6 updates")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of each process")
+    parser.add_argument("--budget-s", type=float, default=540,
+                        help="seconds for all the checks (default 540, inside the device tool's 600 s per command): "
+                             "each is cut to what is left, and those that would get under 20 s are not started")
     parser.add_argument("--only", nargs="+", metavar="CHECK",
                         help="run only these checks (names as in the table, e.g. train_fp16 generate_fp16)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench.device_check: --device cuda, but torch sees no CUDA device (--device cpu for the "
                          "toy-scale run)")
+    deadline = time.time() + args.budget_s
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     repo = Path(__file__).resolve().parents[1]
@@ -248,7 +259,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             checks = [check for check in checks if check.name in needed]
         results = {"environment": environment(args.device), "quick": args.quick, "checks": {}}
         for check in checks:
-            results["checks"][check.name] = run_check(check, args.threads, repo)
+            results["checks"][check.name] = run_check(check, args.threads, repo, deadline - time.time())
             # after every check, so that a run stopped from outside keeps what it did
             (out / "device_check.json").write_text(json.dumps(results, indent=2) + "\n")
     print(render(results))

@@ -87,3 +87,14 @@ def test_a_failing_or_hanging_check_is_recorded_with_the_end_of_its_output(devic
     passing = device_check.Check("fine", [sys.executable, "-c", "print('no losses here')"], 30, never)
     record = device_check.run_check(passing, threads=1, cwd=tmp_path)
     assert record["exit_status"] == 0 and not record["ok"] and "0 logged updates" in record["error"]
+
+
+def test_checks_share_the_budget_and_those_left_without_time_are_not_started(device_check, tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setattr(device_check, "MIN_CHECK_S", 2)
+    never = device_check.verify_training(updates=6)
+    slow = device_check.Check("slow", [sys.executable, "-c", "import time; time.sleep(30)"], 600, never)
+    record = device_check.run_check(slow, threads=1, cwd=tmp_path, seconds_left=3)
+    assert record["error"] == "exit status (timed out)" and 2.9 < record["seconds"] < 10
+    record = device_check.run_check(slow, threads=1, cwd=tmp_path, seconds_left=1.9)
+    assert record == {"ok": False, "seconds": 0.0, "exit_status": None, "error": "not run: out of --budget-s"}
