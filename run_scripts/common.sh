@@ -113,8 +113,8 @@ hardware_args() {
 }
 
 # evaluation_args: sets EVALUATION_ARGS, the `unival evaluate` options for the GPUs found: --cpu without one; on
-# GPUs --fp16 or --bf16 where PRECISION is set to it (unset: float32). On the CPU prediction stays float32, which
-# is as fast there as a bfloat16 model.
+# GPUs --fp16 or --bf16 where PRECISION is set to it (unset: float32). On the CPU prediction stays float32: a
+# bfloat16 model predicts no faster there (README, Evaluation).
 evaluation_args() {
   local gpus
   gpus="$(gpu_count)"
@@ -199,7 +199,8 @@ evaluate_splits() {
   unival="$(unival_command)"
   for split in $splits; do
     local -a command=("$unival" evaluate --task "$task" --checkpoint "$CHECKPOINT" --data "$DATA" --split "$split"
-                      --config "$config" "${EVALUATION_ARGS[@]}" "${options[@]}" --save-predictions "$SAVE_DIR/${split}_predictions.json"
+                      --config "$config" "${EVALUATION_ARGS[@]}" "${options[@]}"
+                      --save-predictions "$SAVE_DIR/${split}_predictions.json"
                       --output "$SAVE_DIR/${split}_results.json" -- --dict-file "$DICT_FILE" "${MEDIA_ARGS[@]}" "$@")
     if [ "${DRY_RUN:-0}" = "0" ]; then
       "${command[@]}"
