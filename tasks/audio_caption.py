@@ -3,6 +3,7 @@ reused the video prompt here)."""
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from fairseq.tasks import register_task
 from omegaconf import II
@@ -28,5 +29,7 @@ class AudioCaptionTask(CaptionTask):
         def load(field: str, rng) -> torch.Tensor:
             samples = load_audio(field, self.media_dir, self.cfg.audio_sample_rate, self.cfg.audio_clip_seconds,
                                  train=training, rng=rng)
-            return torch.from_numpy(samples)
+            # float64: fairseq's --fp16 halves every float32 tensor of a batch, and a float16 waveform loses the
+            # quiet parts of the spectrum; the encoder's front end computes in float32 from this.
+            return torch.from_numpy(samples.astype(np.float64))
         return load

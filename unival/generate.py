@@ -69,12 +69,13 @@ def generate_split(model, task, split: str, batch_size: int = 16,
     iterator = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size, num_workers=0,
                                        max_positions=None).next_epoch_itr(shuffle=False)
     predictions, references = {}, {}
+    device = next(model.parameters()).device
     with overridden(task.cfg, **options), torch.no_grad():
         for sample in iterator:
             if not sample:
                 continue
-            if next(model.parameters()).is_cuda:
-                sample = utils.move_to_cuda(sample)
+            if device.type == "cuda":
+                sample = utils.move_to_cuda(sample, device=device)  # the model's GPU, not the current one
             for row, prediction in enumerate(task.predict(model, sample)):
                 sample_id = str(sample["uniq_ids"][row])
                 predictions[sample_id] = prediction

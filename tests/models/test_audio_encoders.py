@@ -49,6 +49,24 @@ def test_log_mel_matches_librosa(signal):
     np.testing.assert_allclose(ours, reference, atol=0.05, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_encoder_keeps_its_front_end_in_float32(dtype):
+    """fairseq's --fp16 and `unival evaluate --fp16/--bf16` cast the whole model: the DFT and mel filters must stay
+    float32, or quiet mel bins (here 60 dB below a tone) move by several dB."""
+    encoder = PannBackbone("cnn6")
+    samples = sine_1khz() + 5e-4 * np.random.default_rng(0).standard_normal(24000).astype(np.float32)
+    waveform = torch.from_numpy(samples.astype(np.float64))[None]  # what the audio task's batches hold
+    reference = encoder.log_mel(waveform)
+    encoder.to(dtype)
+    filters = [encoder.spectrogram_extractor.stft.conv_real.weight, encoder.spectrogram_extractor.stft.conv_imag.weight,
+               encoder.logmel_extractor.melW]
+    assert all(f.dtype == torch.float32 and not f.requires_grad for f in filters)
+    assert encoder.conv_block1.conv1.weight.dtype == dtype and encoder.bn0.weight.dtype == dtype
+    assert torch.equal(encoder.log_mel(waveform), reference)
+    assert encoder(waveform).dtype == dtype
+    assert all(value.dtype == torch.float32 for key, value in encoder.state_dict().items() if key.startswith(FRONTEND))
+
+
 def test_sine_energy_is_in_the_1khz_mel_band():
     encoder = PannBackbone("cnn6")
     frame = encoder.log_mel(torch.from_numpy(sine_1khz())[None])[0, 0, 20]

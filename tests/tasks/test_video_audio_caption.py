@@ -1,5 +1,6 @@
 """video_caption and audio_caption: batches of real demo mp4/wav files, their prompts, and broken media."""
 import pytest
+import torch
 
 from unival.data_utils.demo_corpus import write_demo_corpus
 from unival.tasks.audio_caption import AudioCaptionConfig, AudioCaptionTask
@@ -53,6 +54,10 @@ def test_audio_batches_use_the_audio_prompt(corpus):
     assert net_input["patch_types"].tolist() == [2, 2, 2]
     assert task.decode(net_input["src_tokens"][0]) == "what does the audio describe?"
     assert net_input["patch_audios"].abs().amax(dim=1).min() > 0.01
+    # fairseq's --fp16 halves the float32 tensors of a batch; the waveform is float64 and stays whole
+    from fairseq import utils
+    halved = utils.apply_to_sample(lambda t: t.half() if t.dtype is torch.float32 else t, batch)
+    assert halved["net_input"]["patch_audios"].dtype == torch.float64
 
 
 def test_a_truncated_video_names_file_and_line(corpus):
