@@ -1,6 +1,6 @@
 """The GPU checks in one command, for the few minutes a GPU machine is lent (README, Performance, "Checking on a
-GPU"): the benchmarks in each precision with their MFU, a few fairseq-train updates under each precision option,
-and fairseq-generate with a float16 model. Each check runs in its own process under a time limit; a table is
+GPU"): a few fairseq-train updates under each precision option, fairseq-generate with a float16 model, the fused
+attention kernels against the math one, and the benchmarks in each precision with their MFU. Each check runs in its own process under a time limit; a table is
 printed and ``device_check.json`` says what ran, what it measured, and what failed with the end of its output.
 
     python -m bench.device_check --out results            # on the GPU machine
@@ -103,6 +103,21 @@ def verify_bench(path: Path) -> Callable[[str], Dict]:
             raise AssertionError(f"{path.name} holds no training or generation figures")
         return figures
     return verify
+
+
+def verify_attention(output: str) -> Dict:
+    result = json.loads(output[output.index("{\n"):output.index("\n}") + 2])
+    if not result["ok"]:
+        raise AssertionError(f"fused attention differs from the math kernel: {result}")
+    return {key: result[key] for key in ("logits_error", "worst_gradient_error", "bias_gradient_error")}
+
+
+def attention_checks(plan: Plan) -> List[Check]:
+    """The fused attention kernels against the math one, with the model's learned additive bias."""
+    dtypes = ("fp32",) if plan.device == "cpu" else ("bf16", "fp16", "fp32")
+    return [Check(f"attention_{dtype}", python_module("bench.attention_check", "--device", plan.device, "--dtype",
+                                                      dtype, "--threads", str(plan.threads)), 120, verify_attention)
+            for dtype in dtypes]
 
 
 def python_module(module: str, *arguments: str) -> List[str]:
@@ -213,7 +228,7 @@ def plan_checks(plan: Plan) -> List[Check]:
     write_demo_corpus(data, seed=1, num_images=num_images, modalities=("image",))
     # the GPU paths' correctness first, then the timings: a run cut short still says what matters most
     return (training_checks(plan, data) + [generation_check(plan, data, test_images=num_images[2])]
-            + bench_checks(plan))
+            + attention_checks(plan) + bench_checks(plan))
 
 
 def render(results: Dict) -> str:

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,8 @@ def test_the_cuda_plan_runs_every_precision_on_the_gpu(device_check, tmp_path):
     assert "--fp16" in generate and "--cpu" not in generate
     # correctness before timings, so that a run cut short by the machine's time limit keeps the checks that matter
     names = [check.name for check in device_check.plan_checks(plan)]
-    assert names == list(training) + ["generate_fp16", "bench_bf16", "bench_fp16", "bench_fp32"]
+    assert names == list(training) + ["generate_fp16", "attention_bf16", "attention_fp16", "attention_fp32",
+                                      "bench_bf16", "bench_fp16", "bench_fp32"]
 
 
 def test_cuda_is_refused_where_torch_sees_none(device_check, monkeypatch, tmp_path):
@@ -98,3 +100,22 @@ def test_checks_share_the_budget_and_those_left_without_time_are_not_started(dev
     assert record["error"] == "exit status (timed out)" and 2.9 < record["seconds"] < 10
     record = device_check.run_check(slow, threads=1, cwd=tmp_path, seconds_left=1.9)
     assert record == {"ok": False, "seconds": 0.0, "exit_status": None, "error": "not run: out of --budget-s"}
+
+
+def test_fused_attention_is_checked_against_the_math_kernel(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    attention_check = importlib.import_module("bench.attention_check")
+    assert attention_check.main(["--device", "cpu", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed)
+    assert result["ok"] and result["same_parameters"] and result["logits_error"] <= 1e-4
+    assert result["bias_gradient_error"] <= result["worst_gradient_error"] <= 1e-4
+    device_check = importlib.import_module("bench.device_check")
+    assert device_check.verify_attention("log line\n" + printed) == {
+        key: result[key] for key in ("logits_error", "worst_gradient_error", "bias_gradient_error")}
+    # a difference beyond the precision's rounding fails the check, naming the numbers
+    monkeypatch.setitem(attention_check.TOLERANCE, "fp32", -1.0)
+    assert attention_check.main(["--device", "cpu", "--threads", "1"]) == 1
+    with pytest.raises(AssertionError, match="fused attention differs"):
+        device_check.verify_attention(capsys.readouterr().out)
+    assert attention_check.relative_error(torch.tensor([1.0, 2.5]), torch.tensor([1.0, 2.0])) == 0.25
