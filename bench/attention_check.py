@@ -6,6 +6,7 @@ mismatch. Part of ``bench.device_check``; on a CPU it compares torch's flash ker
     python -m bench.attention_check --device cuda --dtype bf16
 """
 import argparse
+import contextlib
 import json
 import sys
 from typing import Dict, List, Optional
@@ -44,18 +45,15 @@ def inputs(device: torch.device) -> Dict[str, torch.Tensor]:
             "patch_masks": torch.ones(3, dtype=torch.bool, device=device)}
 
 
-def step(model, batch: Dict[str, torch.Tensor], device: torch.device, dtype: str, backends: Optional[List]):
+def step(model, batch: Dict[str, torch.Tensor], device: torch.device, dtype: str, math_only: bool):
+    """Logits and gradients of one step, attention by the kernels torch picks or by its math kernel only."""
     model.zero_grad(set_to_none=True)
-    kernels = sdpa_kernel(backends) if backends else sdpa_kernel(list(DEFAULT_BACKENDS))
+    kernels = sdpa_kernel([SDPBackend.MATH]) if math_only else contextlib.nullcontext()
     with kernels, torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
         logits, _ = model(**batch)
     logits.float().logsumexp(-1).mean().backward()
     grads = {name: p.grad.detach().float().clone() for name, p in model.named_parameters() if p.grad is not None}
     return logits.detach().float(), grads
-
-
-DEFAULT_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                    SDPBackend.MATH)
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -66,8 +64,8 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 def compare(device: torch.device, dtype: str) -> Dict:
     model = small_model(device)
     batch = inputs(device)
-    fused_logits, fused_grads = step(model, batch, device, dtype, None)
-    math_logits, math_grads = step(model, batch, device, dtype, [SDPBackend.MATH])
+    fused_logits, fused_grads = step(model, batch, device, dtype, math_only=False)
+    math_logits, math_grads = step(model, batch, device, dtype, math_only=True)
     errors = {name: relative_error(fused_grads[name], math_grads[name]) for name in math_grads}
     worst = max(errors, key=errors.get)
     result = {"device": str(device), "dtype": dtype, "tolerance": TOLERANCE[dtype],

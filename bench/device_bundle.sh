@@ -6,8 +6,8 @@
 #   bash bench/device_bundle.sh               # here, once, with PyPI reachable
 #
 # then on the GPU machine, from the repository root, with .device_carry carried along (README, Performance):
-#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device_carry/wheels/*.whl \
-#     && export PYTHONPATH=/tmp/site:$PWD/.device_carry/site && python3 -m bench.device_check --out "$OUT"
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target .device_carry/installed .device_carry/wheels/*.whl \
+#     && export PYTHONPATH=$PWD/.device_carry/installed:$PWD/.device_carry/site && python3 -m bench.device_check --out "$OUT"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON_VERSION="${PYTHON_VERSION:-3.12}"

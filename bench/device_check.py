@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -44,7 +44,6 @@ class Check:
     command: List[str]
     timeout_s: float
     verify: Callable[[str], Dict]
-    env: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,7 +185,7 @@ def run_check(check: Check, threads: int, cwd: Path, seconds_left: float = math.
     if seconds_left < MIN_CHECK_S:
         print(f"[device_check] {check.name}: not run, {seconds_left:.0f} s of --budget-s left", flush=True)
         return {"ok": False, "seconds": 0.0, "exit_status": None, "error": "not run: out of --budget-s"}
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **check.env}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     start = time.time()
     print(f"[device_check] {check.name}: {' '.join(check.command[1:])}", flush=True)
     try:

@@ -75,10 +75,19 @@ config_update_freq() {
   echo "${value:-1}"
 }
 
+# check_precision GPUS: stops unless PRECISION is unset, fp32, bf16, or fp16 with GPUs.
+check_precision() {
+  case "${PRECISION:-}" in
+    ""|fp32|bf16) ;;
+    fp16) (( $1 > 0 )) || fail "PRECISION=fp16 needs a GPU: on the CPU use bf16 (autocast) or fp32" ;;
+    *) fail "PRECISION=$PRECISION: expected fp16, bf16 or fp32" ;;
+  esac
+}
+
 # hardware_args CONFIG: sets HARDWARE_ARGS, the fairseq-train options for the GPUs found (world size, the
 # update_freq that keeps the config's global batch, precision, data workers).
 hardware_args() {
-  local gpus devices update_freq reference per_device
+  local gpus devices update_freq reference per_device default_precision=fp32
   gpus="$(gpu_count)"
   update_freq="$(config_update_freq "$1")"
   devices=$(( gpus > 0 ? gpus : 1 ))
@@ -90,23 +99,19 @@ hardware_args() {
          "$devices devices with --update-freq $per_device give $(( per_device * devices )), so its total_num_update" \
          "no longer matches its epochs: pass --total-num-update and --warmup-updates as arguments" >&2
   fi
+  check_precision "$gpus"
   HARDWARE_ARGS=(--distributed-world-size "$devices" --update-freq "$per_device")
-  if (( gpus == 0 )); then
-    HARDWARE_ARGS+=(--cpu)
-    case "${PRECISION:-fp32}" in
-      fp32) ;;
-      bf16) HARDWARE_ARGS+=(--autocast-bf16) ;;  # float32 weights, bfloat16 autocast (fast on AVX512-BF16 or AMX)
-      fp16) fail "PRECISION=fp16 needs a GPU: on the CPU use bf16 (autocast) or fp32" ;;
-      *) fail "PRECISION=$PRECISION: expected fp16, bf16 or fp32" ;;
-    esac
+  if (( gpus > 0 )); then
+    default_precision=fp16
   else
-    case "${PRECISION:-fp16}" in
-      fp16) HARDWARE_ARGS+=(--fp16) ;;
-      bf16) HARDWARE_ARGS+=(--autocast-bf16) ;;  # not fairseq's --bf16, which means a TPU run
-      fp32) ;;
-      *) fail "PRECISION=$PRECISION: expected fp16, bf16 or fp32" ;;
-    esac
+    HARDWARE_ARGS+=(--cpu)
   fi
+  # bf16: float32 weights and bfloat16 autocast on either device (on the CPU fast with AVX512-BF16 or AMX); not
+  # fairseq's --bf16, which means a TPU run. fp16, the default on GPUs, is fairseq's --fp16.
+  case "${PRECISION:-$default_precision}" in
+    fp16) HARDWARE_ARGS+=(--fp16) ;;
+    bf16) HARDWARE_ARGS+=(--autocast-bf16) ;;
+  esac
   if [ -n "${NUM_WORKERS:-}" ]; then
     HARDWARE_ARGS+=(--num-workers "$NUM_WORKERS")
   fi
@@ -118,20 +123,14 @@ hardware_args() {
 evaluation_args() {
   local gpus
   gpus="$(gpu_count)"
-  EVALUATION_ARGS=()
+  check_precision "$gpus"
   if (( gpus == 0 )); then
-    EVALUATION_ARGS+=(--cpu)
-    case "${PRECISION:-fp32}" in
-      fp32|bf16) ;;
-      fp16) fail "PRECISION=fp16 needs a GPU: on the CPU use bf16 (autocast) or fp32" ;;
-      *) fail "PRECISION=$PRECISION: expected fp16, bf16 or fp32" ;;
-    esac
+    EVALUATION_ARGS=(--cpu)
   else
     case "${PRECISION:-fp32}" in
-      fp16) EVALUATION_ARGS+=(--fp16) ;;
-      bf16) EVALUATION_ARGS+=(--bf16) ;;
-      fp32) ;;
-      *) fail "PRECISION=$PRECISION: expected fp16, bf16 or fp32" ;;
+      fp16) EVALUATION_ARGS=(--fp16) ;;
+      bf16) EVALUATION_ARGS=(--bf16) ;;
+      fp32) EVALUATION_ARGS=() ;;
     esac
   fi
 }
