@@ -156,7 +156,8 @@ class CiderReward:
         if references is None:
             raise ValueError("--reward cider needs sample['references'] (reference captions; the caption tasks "
                              "provide them)")
-        predictions = {row: normalize_caption(self.task.decode(tokens)) for row, tokens in enumerate(sequences)}
+        # one transfer from the device for the batch, not one per sampled row
+        predictions = {row: normalize_caption(self.task.decode(tokens)) for row, tokens in enumerate(sequences.cpu())}
         sample_references = {row: references[row // num_samples] for row in predictions}
         _, scores = cider_d(predictions, sample_references, document_frequency=self.document_frequency(references))
         return torch.as_tensor(scores, dtype=torch.float32, device=sequences.device)

@@ -2,7 +2,8 @@
 
 Module and parameter names follow the original (OFA) code so that its checkpoints load without renaming.
 """
-from typing import Dict, Optional
+import weakref
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,14 +24,50 @@ def padding_to_bias(bias: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
     return bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
 
 
-def reorder_keeps_rows(source_rows: Tensor, new_order: Tensor) -> bool:
-    """Whether reordering by ``new_order`` leaves every row holding the same source sample as before.
+class ReorderEffect(NamedTuple):
+    """What reordering the rows of a batch by ``new_order`` does: ``identity``, every row stays where it is;
+    ``keeps_rows``, every row still holds the same source sample (rows of one sample, a beam's hypotheses, hold
+    identical encoder states, so such a reordering, which beam search does at every step, need not copy them)."""
+    identity: bool
+    keeps_rows: bool
 
-    Rows of the same source (a beam's hypotheses) hold identical encoder states, so such a reordering, which
-    beam search does at every step, need not copy them.
+
+# The last decision and weak references to the tensors it was made for, with their version counters (an in-place
+# change of either tensor makes it stale).
+_last_reorder: Tuple = ()
+
+
+def read_reorder_effect(source_rows: Tensor, new_order: Tensor) -> ReorderEffect:
+    """``reorder_effect`` computed on the device and read in one transfer."""
+    if new_order.numel() != source_rows.numel():
+        return ReorderEffect(False, False)
+    identity = new_order.eq(torch.arange(new_order.numel(), device=new_order.device)).all()
+    keeps_rows = source_rows.index_select(0, new_order).eq(source_rows).all()
+    return ReorderEffect(*torch.stack([identity, keeps_rows]).tolist())
+
+
+def reorder_effect(source_rows: Tensor, new_order: Tensor) -> ReorderEffect:
+    """The effect of reordering rows that hold the source samples ``source_rows`` by ``new_order``.
+
+    Beam search asks about the same reordering once per cross-attention layer, once for the decoder's position
+    keys and once for the encoder's output at every step; on a GPU each answer costs a synchronisation with the
+    host. The answer is therefore read in one transfer and remembered for the same pair of unchanged tensors.
     """
-    return new_order.numel() == source_rows.numel() and torch.equal(source_rows.index_select(0, new_order),
-                                                                    source_rows)
+    global _last_reorder
+    if _last_reorder:
+        rows_ref, rows_version, order_ref, order_version, answer = _last_reorder
+        if (rows_ref() is source_rows and order_ref() is new_order and rows_version == source_rows._version
+                and order_version == new_order._version):
+            return answer
+    answer = read_reorder_effect(source_rows, new_order)
+    _last_reorder = (weakref.ref(source_rows), source_rows._version, weakref.ref(new_order), new_order._version,
+                     answer)
+    return answer
+
+
+def reorder_keeps_rows(source_rows: Tensor, new_order: Tensor) -> bool:
+    """Whether reordering by ``new_order`` leaves every row holding the same source sample as before."""
+    return reorder_effect(source_rows, new_order).keeps_rows
 
 
 class TokenEmbedding(nn.Embedding):
@@ -150,6 +187,10 @@ class MultiheadAttention(nn.Module):
         saved = self.get_incremental_state(incremental_state, "attn_state") if incremental_state is not None else None
         if static_kv and saved is not None:
             k, v = saved["key"], saved["value"]
+            if source_rows is not None:
+                # the encoder's own tensor (not this cache's last copy of it), so that every layer and the encoder
+                # ask reorder_effect about the same tensor at the next reordering
+                saved["rows"] = source_rows
         else:
             k = self._heads(self.k_proj(key))
             v = self._heads(self.v_proj(key))

@@ -21,7 +21,8 @@ from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio
 from unival.models.image_encoders import ResNetBackbone
 from unival.models.video_encoders import VideoBackbone, video_position_ids, video_tokens
 from unival.models.layers import (DecoderLayer, EncoderLayer, IncrementalState, Linear, TokenEmbedding,
-                                  drop_path_rates, late_gradient, padding_to_bias, reorder_keeps_rows)
+                                  drop_path_rates, late_gradient, padding_to_bias, reorder_effect,
+                                  reorder_keeps_rows)
 from unival.models.position import (grid_position_ids, image_relative_buckets, layered_relative_bias,
                                     num_image_relative_buckets, token_relative_buckets)
 
@@ -395,6 +396,8 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
         if incremental_state is not None:
             cached = self.get_incremental_state(incremental_state, "cross_position_keys")
             if cached is not None:
+                if encoder_out.get("source_rows"):
+                    cached["rows"] = encoder_out["source_rows"][0]  # see MultiheadAttention.forward
                 return cached["keys"]
         keys = self._heads(self.cross_pos_k_linear(encoder_out["position_embeddings"][0])).transpose(2, 3)
         if incremental_state is not None:
@@ -423,12 +426,18 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
 
     def reorder_incremental_state_scripting(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         """Called by fairseq's generator before every step; does nothing when ``new_order`` keeps every row in
-        place, as greedy search's does until a hypothesis finishes."""
-        first = self.layers[0].self_attn.get_incremental_state(incremental_state, "attn_state") if self.layers \
-            else None
-        if first is not None and new_order.numel() == first["key"].size(0) and torch.equal(
-                new_order, torch.arange(new_order.numel(), device=new_order.device)):
-            return
+        place, as greedy search's does until a hypothesis finishes. The decision is read from the device once per
+        step (``reorder_effect``), and the cross-attention layers and the encoder reuse it."""
+        cached = self.get_incremental_state(incremental_state, "cross_position_keys")
+        if cached is not None and "rows" in cached:
+            if reorder_effect(cached["rows"], new_order).identity:
+                return
+        else:
+            first = self.layers[0].self_attn.get_incremental_state(incremental_state, "attn_state") \
+                if self.layers else None
+            if first is not None and new_order.numel() == first["key"].size(0) and torch.equal(
+                    new_order, torch.arange(new_order.numel(), device=new_order.device)):
+                return
         super().reorder_incremental_state_scripting(incremental_state, new_order)
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:

@@ -219,6 +219,17 @@ def test_cider_reward_falls_back_to_the_batch_references(task):
         reward({}, sequences, 2)
 
 
+def test_cider_reward_moves_the_sampled_batch_to_the_host_once(task, monkeypatch):
+    """On a GPU each row's own transfer would be a synchronisation: the batch is moved once, then decoded."""
+    moved = []
+    cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *args, **kwargs: moved.append(tuple(self.shape)) or
+                        cpu(self, *args, **kwargs))
+    sequences = torch.tensor([words(6, 7, 8, 9) + [EOS]] * 4)
+    CiderReward(task, max_length=8)({"references": CAPTION_REFERENCES}, sequences, 2)
+    assert [shape for shape in moved if len(shape) == 2] == [(4, 5)]
+
+
 def test_caption_sampling_excludes_special_tokens(task):
     allowed = CiderReward(task, max_length=8).allowed_tokens(len(task.target_dictionary), "cpu")
     assert not allowed[[BOS, PAD, UNK]].any() and allowed[EOS] and allowed[4:].all()

@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 from fairseq.data import Dictionary
+from fairseq.sequence_generator import SequenceGenerator
 
+import unival.models.layers as layers
 import unival.models.unival as unival_module
 from unival.models.layers import FEW_ROWS, Linear, TokenEmbedding
 from unival.models.position import layered_relative_bias
@@ -116,6 +118,53 @@ def test_beam_reordering_within_a_sample_copies_no_encoder_state():
         step, _ = model.decoder(tokens[beam_order, :2], expanded, incremental_state=state)
         full, _ = model.decoder(tokens[beam_order, :2], expanded)
     assert torch.allclose(step[:, -1], full[:, -1], atol=1e-5)
+
+
+def beam_search(model, monkeypatch, remember: bool):
+    """Beam 3 over 3 inputs (end of sentence made likelier, so that inputs finish at different steps) -> the best
+    hypotheses, the row counts of the decoder's reorderings and the number of reordering decisions read."""
+    dictionary = model.decoder.dictionary
+    with torch.no_grad():
+        model.decoder.embed_tokens.weight[dictionary.eos()] *= 2
+    reads, rows = [], []
+    read = layers.read_reorder_effect
+    monkeypatch.setattr(layers, "read_reorder_effect", lambda *args: reads.append(1) or read(*args))
+    if not remember:
+        monkeypatch.setattr(layers, "reorder_effect", layers.read_reorder_effect)
+        monkeypatch.setattr(unival_module, "reorder_effect", layers.read_reorder_effect)
+    reorder = unival_module.UnivalDecoder.reorder_incremental_state_scripting
+    monkeypatch.setattr(unival_module.UnivalDecoder, "reorder_incremental_state_scripting",
+                        lambda self, state, order: rows.append(order.numel()) or reorder(self, state, order))
+    generator = SequenceGenerator([model], dictionary, beam_size=3, max_len_a=0, max_len_b=8, min_len=1)
+    with torch.no_grad():
+        hypotheses = generator.forward({"net_input": encoder_input(batch=3)})
+    return [best[0]["tokens"].tolist() for best in hypotheses], rows, len(reads)
+
+
+def test_beam_search_reads_each_reordering_decision_once(monkeypatch):
+    """On a GPU each decision read is a synchronisation: one per step, not one per layer, for the decoder's
+    position keys and for the encoder, also after finished inputs left the batch (new cache tensors)."""
+    tokens, rows, reads = beam_search(tiny_model(), monkeypatch, remember=True)
+    assert rows == [9, 9, 9, 3, 3, 3]  # two of the three inputs finish at the fourth step
+    assert reads == 6 + 1  # + the encoder's expansion of each input to its beam before the first step
+    with monkeypatch.context() as unremembered:
+        same_tokens, _, unremembered_reads = beam_search(tiny_model(), unremembered, remember=False)
+    assert same_tokens == tokens
+    assert unremembered_reads > 4 * 6  # each of the 3 layers, the position keys, the encoder...
+
+
+def test_reorder_decision_is_remembered_only_for_the_same_unchanged_tensors(monkeypatch):
+    reads = []
+    read = layers.read_reorder_effect
+    monkeypatch.setattr(layers, "read_reorder_effect", lambda *args: reads.append(1) or read(*args))
+    rows, order = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 0, 2, 3])
+    assert layers.reorder_effect(rows, order) == (False, True)
+    assert layers.reorder_effect(rows, order) == (False, True) and len(reads) == 1
+    assert layers.reorder_effect(rows, order.clone()) == (False, True) and len(reads) == 2
+    order[1:3] = torch.tensor([2, 0])  # rows of the two inputs mixed: changed in place
+    assert layers.reorder_effect(rows, order) == (False, False) and len(reads) == 3
+    assert layers.reorder_effect(rows, torch.arange(4)) == (True, True)
+    assert layers.reorder_effect(rows, torch.arange(3)) == (False, False)
 
 
 def test_channels_last_image_encoder_gives_the_same_output():
