@@ -51,9 +51,12 @@ def reorder_effect(source_rows: Tensor, new_order: Tensor) -> ReorderEffect:
 
     Beam search asks about the same reordering once per cross-attention layer, once for the decoder's position
     keys and once for the encoder's output at every step; on a GPU each answer costs a synchronisation with the
-    host. The answer is therefore read in one transfer and remembered for the same pair of unchanged tensors.
+    host. The answer is therefore read in one transfer and remembered for the same pair of unchanged tensors
+    (not for tensors made under ``torch.inference_mode``, which keep no version counter).
     """
     global _last_reorder
+    if source_rows.is_inference() or new_order.is_inference():
+        return read_reorder_effect(source_rows, new_order)  # no version counter to tell an in-place change
     if _last_reorder:
         rows_ref, rows_version, order_ref, order_version, answer = _last_reorder
         if (rows_ref() is source_rows and order_ref() is new_order and rows_version == source_rows._version

@@ -165,6 +165,21 @@ def test_reorder_decision_is_remembered_only_for_the_same_unchanged_tensors(monk
     assert layers.reorder_effect(rows, order) == (False, False) and len(reads) == 3
     assert layers.reorder_effect(rows, torch.arange(4)) == (True, True)
     assert layers.reorder_effect(rows, torch.arange(3)) == (False, False)
+    with torch.inference_mode():  # inference tensors have no version counter: read every time
+        rows, order = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 0, 2, 3])
+        before = len(reads)
+        assert [layers.reorder_effect(rows, order) for _ in range(2)] == [(False, True)] * 2
+    assert len(reads) == before + 2
+
+
+def test_beam_search_under_inference_mode():
+    model = tiny_model()
+    generator = SequenceGenerator([model], model.decoder.dictionary, beam_size=3, max_len_a=0, max_len_b=5)
+    with torch.no_grad():
+        expected = [best[0]["tokens"].tolist() for best in generator.forward({"net_input": encoder_input(batch=3)})]
+    with torch.inference_mode():
+        hypotheses = generator.forward({"net_input": encoder_input(batch=3)})
+    assert [best[0]["tokens"].tolist() for best in hypotheses] == expected
 
 
 def test_channels_last_image_encoder_gives_the_same_output():
