@@ -273,8 +273,14 @@ class UnivalDataset(FairseqDataset):
         if max_sentences and required_batch_size_multiple > max_sentences:
             # fairseq then returns no batch at all (e.g. --batch-size 4 with its default multiple of 8)
             required_batch_size_multiple = 1
-        batches = super().batch_by_size(indices, max_tokens=max_tokens, max_sentences=max_sentences,
-                                        required_batch_size_multiple=required_batch_size_multiple)
+        batches = list(super().batch_by_size(indices, max_tokens=max_tokens, max_sentences=max_sentences,
+                                             required_batch_size_multiple=required_batch_size_multiple))
+        # fairseq drops a last batch whose size is not a multiple of --required-batch-size-multiple (8 by default):
+        # up to 7 samples of every split, all of a split smaller than 8, would go unscored. Those samples are the
+        # tail of ``indices`` (batches are consecutive runs of it) and are kept as a last, smaller batch.
+        batched = sum(len(batch) for batch in batches)
+        if batched < len(indices):
+            batches.append(np.asarray(indices[batched:], dtype=np.int64))
         return pad_batches_to_multiple(batches, self.num_shards)
 
 

@@ -23,6 +23,7 @@ from unival.data_utils.transforms import image_transform, imagenet_mean_std
 from unival.data_utils.tsv import TSVFormatError, TSVReader
 from unival.data_utils.vocab import GPT2BPE, build_unified_dictionary, decode_tokens, default_bpe_files
 from unival.memory import keep_freed_memory
+from unival.task_metrics import summed
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +331,7 @@ class UnivalTask(FairseqTask):
     # ---- logging ----------------------------------------------------------------------------------------
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)
-        skipped = sum(log.get("num_skipped", 0) for log in logging_outputs)
+        skipped = summed(logging_outputs, "num_skipped")
         if skipped:
             metrics.log_scalar("skipped_rows", skipped, priority=900, round=0)
 

@@ -6,7 +6,6 @@ from typing import Dict, Iterable, List
 
 import numpy as np
 import torch
-from fairseq import metrics
 from fairseq.sequence_generator import SequenceGenerator
 from fairseq.tasks import register_task
 
@@ -14,6 +13,7 @@ from unival.data_utils.dataset import MediaTextDataset
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import normalize_caption
 from unival.metrics import cider_d, cider_document_frequency
+from unival.task_metrics import log_ratio
 from unival.tasks.base import UnivalTask, UnivalTaskConfig, readable_rows
 
 logger = logging.getLogger(__name__)
@@ -127,9 +127,4 @@ class CaptionTask(UnivalTask):
 
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)
-        count = sum(log.get("_cider_count", 0) for log in logging_outputs)
-        if count:
-            metrics.log_scalar("_cider_score_sum", sum(log.get("_cider_score_sum", 0) for log in logging_outputs))
-            metrics.log_scalar("_cider_count", count)
-            metrics.log_derived("cider", lambda meters: round(
-                100 * meters["_cider_score_sum"].sum / meters["_cider_count"].sum, 2))
+        log_ratio("cider", "_cider_score_sum", "_cider_count", logging_outputs)

@@ -3,7 +3,7 @@ accuracy as pure functions for the evaluation entry, and the logging of summed h
 from typing import Dict, Sequence
 
 import torch
-from fairseq import metrics
+from fairseq import metrics, utils
 from torch import Tensor
 
 # Size buckets of a ground-truth box, by its area in pixels of the original image, with COCO's thresholds:
@@ -79,13 +79,24 @@ def entailment_accuracy(predictions: Sequence[str], labels: Sequence[str]) -> fl
 
 # ---- validation logging -------------------------------------------------------------------------------------
 
-def log_accuracy(name: str, logging_outputs) -> None:
-    """Logs metric ``name`` = 100 * hits / count (percent) from the ``_{name}_hits`` and ``_{name}_count`` entries
-    of the logging outputs, when they count any sample; summed counts aggregate exactly over batches and ranks."""
-    hits_key, count_key = f"_{name}_hits", f"_{name}_count"
-    count = sum(log.get(count_key, 0) for log in logging_outputs)
+def summed(logging_outputs, key: str) -> float:
+    """The sum of ``key`` over the logging outputs as a Python number. In multi-GPU training fairseq sums the
+    ranks' outputs into tensors (on the GPU) before the task reduces them; Python's round() refuses tensors."""
+    return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+
+def log_ratio(name: str, sum_key: str, count_key: str, logging_outputs) -> None:
+    """Logs metric ``name`` = 100 * sum / count from the ``sum_key`` and ``count_key`` entries of the logging
+    outputs, when they count any sample; summed counts aggregate exactly over batches and ranks."""
+    count = summed(logging_outputs, count_key)
     if not count:
         return
-    metrics.log_scalar(hits_key, sum(log.get(hits_key, 0) for log in logging_outputs))
+    metrics.log_scalar(sum_key, summed(logging_outputs, sum_key))
     metrics.log_scalar(count_key, count)
-    metrics.log_derived(name, lambda meters: round(100 * meters[hits_key].sum / meters[count_key].sum, 2))
+    metrics.log_derived(name, lambda meters: round(100 * meters[sum_key].sum / meters[count_key].sum, 2))
+
+
+def log_accuracy(name: str, logging_outputs) -> None:
+    """Logs metric ``name`` = 100 * hits / count (percent) from the ``_{name}_hits`` and ``_{name}_count``
+    entries of the logging outputs."""
+    log_ratio(name, f"_{name}_hits", f"_{name}_count", logging_outputs)

@@ -250,19 +250,33 @@ def test_every_rank_gets_the_same_nonempty_batches(tmp_path, dictionary, bpe):
     assert all(size > 0 for sizes in per_rank for size in sizes)
 
 
+class Sized(UnivalDataset):
+    def __init__(self, length: int, num_shards: int = 1):
+        self.length, self.num_shards = length, num_shards
+
+    def __len__(self):
+        return self.length
+
+    def num_tokens_vec(self, indices):
+        return np.full(len(indices), 10, dtype=np.int64)
+
+    def num_tokens(self, index):
+        return 10
+
+
 def test_batch_size_below_the_required_multiple_still_gives_batches():
-    class Sized(UnivalDataset):
-        def __init__(self):
-            self.num_shards = 1
-
-        def __len__(self):
-            return 5
-
-        def num_tokens_vec(self, indices):
-            return np.full(len(indices), 10, dtype=np.int64)
-
-        def num_tokens(self, index):
-            return 10
-
-    batches = Sized().batch_by_size(np.arange(5), max_sentences=4, required_batch_size_multiple=8)
+    batches = Sized(5).batch_by_size(np.arange(5), max_sentences=4, required_batch_size_multiple=8)
     assert [len(batch) for batch in batches] == [4, 1]
+
+
+@pytest.mark.parametrize("length, sizes", [(13, [8, 5]), (5, [5]), (16, [8, 8]), (21, [8, 8, 5])])
+def test_no_sample_is_dropped_by_the_required_batch_size_multiple(length, sizes):
+    """fairseq's batch_by_size drops a last batch that is not a multiple of --required-batch-size-multiple (8 by
+    default): an evaluation split of 13 samples would have 5 unscored, one of 5 none scored."""
+    indices = np.random.RandomState(0).permutation(length)
+    batches = Sized(length).batch_by_size(indices, max_sentences=8, required_batch_size_multiple=8)
+    assert [len(batch) for batch in batches] == sizes
+    assert np.concatenate(batches).tolist() == indices.tolist()  # each sample once, in the given order
+    # training on 2 ranks: the kept remainder counts towards each rank's equal share of batches
+    padded = Sized(length, num_shards=2).batch_by_size(indices, max_sentences=8, required_batch_size_multiple=8)
+    assert len(padded) % 2 == 0 and set(np.concatenate(padded).tolist()) == set(range(length))

@@ -6,7 +6,7 @@ import torch
 from fairseq import metrics
 
 from unival.task_metrics import (box_iou, box_size_bucket, entailment_accuracy, grounding_accuracy, grounding_hits,
-                                 log_accuracy)
+                                 log_accuracy, log_ratio, summed)
 
 
 def boxes(*rows):
@@ -66,3 +66,18 @@ def test_logged_accuracy_sums_hits_and_counts_over_logging_outputs():
         log_accuracy("missing", logs)
     values = aggregated.get_smoothed_values()
     assert values["acc"] == 37.5 and "missing" not in values
+
+
+def test_logged_metrics_of_ranks_summed_into_tensors():
+    """In multi-GPU training fairseq sums the ranks' logging outputs into float64 tensors before the task reduces
+    them (seen with 2 processes: round() then failed on a tensor at the first validation)."""
+    logs = [{"_acc_hits": torch.tensor(3.0, dtype=torch.float64), "_acc_count": torch.tensor(8.0, dtype=torch.float64),
+             "_cider_score_sum": torch.tensor(1.5, dtype=torch.float64),
+             "_cider_count": torch.tensor(2.0, dtype=torch.float64), "_empty_count": torch.tensor(0.0)}]
+    with metrics.aggregate() as aggregated:
+        log_accuracy("acc", logs)
+        log_ratio("cider", "_cider_score_sum", "_cider_count", logs)
+        log_accuracy("empty", logs)
+    values = aggregated.get_smoothed_values()
+    assert values["acc"] == 37.5 and values["cider"] == 75.0 and "empty" not in values
+    assert summed(logs, "_acc_count") == 8.0 and not torch.is_tensor(summed(logs, "_acc_count"))
