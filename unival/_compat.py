@@ -2,6 +2,7 @@
 
 torch >= 2.6 loads checkpoints with ``weights_only=True``; fairseq's and the original UnIVAL's checkpoints
 hold a few plain Python containers besides tensors. We allow exactly those types, never the unsafe path.
+fairseq's EMA (``--store-ema``) is built so that it copies integer state instead of failing on it.
 """
 import argparse
 import collections
@@ -43,3 +44,20 @@ def restore_log_level() -> None:
 import fairseq.models  # noqa: E402  (the import that changes the log level)
 
 restore_log_level()
+
+
+def build_ema_copying_integer_state(model, cfg, device):
+    """fairseq's EMA of ``model`` (``--store-ema``) that copies the integer entries of its state instead of
+    averaging them. fairseq's multiplies every entry by the decay in place, and an integer one, such as the
+    BatchNorm counters ``num_batches_tracked`` of the image and video encoders, fails the first update ("result
+    type Float can't be cast to the desired output type Long"). Floating-point entries are averaged as before."""
+    from fairseq.models.ema import EMA
+
+    integer_state = {name for name, value in model.state_dict().items()
+                     if torch.is_tensor(value) and not torch.is_floating_point(value)}
+    return EMA(model, cfg, device, skip_keys=integer_state)
+
+
+import fairseq.trainer  # noqa: E402
+
+fairseq.trainer.build_ema = build_ema_copying_integer_state

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from unival.data_utils.demo_corpus import write_demo_corpus
 from unival.train import plugin_dir
@@ -201,3 +202,23 @@ def test_unival_train_runs_fairseq_train_under_the_chosen_allocator(corpus, tmp_
     else:
         assert "[unival] memory allocator: glibc's malloc" in log
         assert "freed memory stays in the process for reuse" in log
+
+
+def test_ema_training_from_the_command_line(corpus, tmp_path):
+    """--store-ema (the VQA and video-QA finetuning configs) trains, validates through the EMA model (vqa_gen's
+    valid_step gets it) and stores EMA weights that load. fairseq's own EMA failed the first update on the image
+    encoder's integer BatchNorm counters."""
+    from unival import load_checkpoint
+
+    save_dir = tmp_path / "run"
+    result = run([str(BIN / "unival"), "train", "vqa_gen/demo", "--data", str(corpus), "--save-dir", str(save_dir),
+                  "--", "--max-update", "6", "--num-workers", "0", "--store-ema", "--ema-decay", "0.5", "--ema-fp32",
+                  "--validate-interval-updates", "6", "--eval-beam", "2"], tmp_path)
+    log = result.stdout + result.stderr
+    assert "num_updates 6" in log and "ema_decay" in log and "| vqa_score " in log
+    weights = load_checkpoint(save_dir / "checkpoint_last.pt").state_dict()
+    averaged = load_checkpoint(save_dir / "checkpoint_last.pt", ema=True).state_dict()
+    name = "encoder.layers.0.fc1.weight"
+    assert not torch.equal(weights[name], averaged[name])  # half of each update lags behind in the average
+    counter = "encoder.embed_images.bn1.num_batches_tracked"
+    assert averaged[counter].item() == weights[counter].item() == 6  # copied, not averaged
