@@ -28,8 +28,9 @@ from unival.task_metrics import summed
 logger = logging.getLogger(__name__)
 
 # Task options that change what the model sees; generation with other values than training's is warned about.
+# (The audio sample rate is the model's own option, which the audio tasks take from the model.)
 INPUT_OPTIONS = ("patch_image_size", "imagenet_default_mean_and_std", "code_dict_size", "num_bins",
-                 "num_frames", "patch_frame_size", "audio_sample_rate", "audio_clip_seconds", "add_caption")
+                 "num_frames", "patch_frame_size", "audio_clip_seconds", "add_caption")
 
 
 def native_bfloat16_cpu() -> Optional[bool]:
@@ -204,6 +205,16 @@ class UnivalTask(FairseqTask):
     def media_dir(self) -> str:
         return self.cfg.media_dir or self.cfg.data
 
+    def build_model(self, cfg, from_checkpoint: bool = False):
+        model = super().build_model(cfg, from_checkpoint)
+        self.adopt_model(model)
+        return model
+
+    def adopt_model(self, model) -> None:
+        """Takes from ``model`` what reading this task's inputs depends on (the audio tasks: the sample rate the
+        audio encoder was built for). fairseq-train and fairseq-generate call it through ``build_model``;
+        ``generate_split`` calls it for models loaded outside the task."""
+
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, task_cfg=None, **kwargs) -> None:
         """``task_cfg``: the task options saved in the checkpoint (fairseq-generate passes them); a data option
         that differs from the model's training is warned about, naming both values."""
@@ -217,11 +228,13 @@ class UnivalTask(FairseqTask):
     def build_dataset(self, split: str, reader: TSVReader):
         raise NotImplementedError
 
+    input_options = INPUT_OPTIONS  # those that reach this task's model
+
     def warn_about_training_options(self, task_cfg) -> List[str]:
-        """Warns about each option of :data:`INPUT_OPTIONS` whose value here differs from ``task_cfg`` (the
+        """Warns about each option of ``input_options`` whose value here differs from ``task_cfg`` (the
         training run's); returns their names."""
         differing = []
-        for name in INPUT_OPTIONS:
+        for name in self.input_options:
             if name not in task_cfg or not hasattr(self.cfg, name):
                 continue
             trained, here = task_cfg[name], getattr(self.cfg, name)

@@ -64,6 +64,7 @@ def generate_split(model, task, split: str, batch_size: int = 16,
                    **options) -> Tuple[Dict[str, object], Dict[str, object]]:
     """Predicts every sample of ``split`` with ``task.predict``: returns (predictions, references), both keyed by
     sample id. ``options`` override the task's own for this call (``eval_beam=5, eval_max_len=16``)."""
+    task.adopt_model(model)
     task.load_dataset(split)
     dataset = task.dataset(split)
     iterator = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size, num_workers=0,

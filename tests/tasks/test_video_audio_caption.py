@@ -92,3 +92,26 @@ def test_a_missing_audio_file_names_file_and_line(corpus):
         assert "audio_caption_valid.tsv:1" in str(error.value) and audio.name in str(error.value)
     finally:
         moved.rename(audio)
+
+
+class AudioModel:
+    """What adopt_model reads of a model."""
+
+    def __init__(self, sample_rate):
+        self.cfg = AudioCaptionConfig(audio_sample_rate=sample_rate)
+
+
+def test_audio_task_set_up_as_fairseq_generate_does_reads_at_the_models_rate(corpus):
+    """fairseq-generate and unival evaluate have no model options: the task's sample rate (training's is the model's
+    --audio-sample-rate) is then unknown until the model is built or given (it failed to resolve before)."""
+    from unival.generate import build_task
+
+    task = build_task("audio_caption", str(corpus), ["--tsv-prefix", "audio_caption", "--audio-clip-seconds", "1.5"])
+    assert task.cfg.audio_sample_rate is None
+    task.load_dataset("valid")
+    with pytest.raises(ValueError, match="no sample rate to read audio at"):
+        task.dataset("valid")[0]
+    task.adopt_model(AudioModel(8000))
+    assert task.dataset("valid")[0]["patch_audio"].shape == (12000,)  # 1.5 s at the model's 8 kHz
+    with pytest.raises(ValueError, match="reads audio at 16000 Hz but the model's audio encoder was built for 8000"):
+        audio_task(corpus).adopt_model(AudioModel(8000))

@@ -14,6 +14,9 @@ class TwoSampleTask:
 
     cfg = Config()
 
+    def adopt_model(self, model):
+        self.model = model
+
     def load_dataset(self, split):
         self.split = split
 
