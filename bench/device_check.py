@@ -22,10 +22,11 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 # fairseq-train options of each precision check: none is float32, the others are what run_scripts/ pass
-# (PRECISION=fp16, PRECISION=bf16) and fairseq's own mixed precision.
+# (PRECISION=fp16, PRECISION=bf16) and fairseq's own mixed precision. The float16 run keeps a float32 EMA of its
+# float16 weights, as the VQA and video-QA configs do on GPUs.
 TRAIN_PRECISIONS = {
     "fp32": [],
-    "fp16": ["--fp16"],
+    "fp16": ["--fp16", "--store-ema", "--ema-decay", "0.99", "--ema-fp32"],
     "amp": ["--amp"],
     "autocast_bf16": ["--autocast-bf16"],
     "autocast_bf16_compiled": ["--autocast-bf16", "--compile-layers"],

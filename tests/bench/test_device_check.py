@@ -41,7 +41,8 @@ def test_the_cuda_plan_runs_every_precision_on_the_gpu(device_check, tmp_path):
     assert list(training) == [f"train_{name}" for name in device_check.TRAIN_PRECISIONS]
     assert all("--cpu" not in command and command[command.index("--max-update") + 1] == "30"
                for command in training.values())
-    assert training["train_fp16"][-1] == "--fp16" and training["train_autocast_bf16"][-1] == "--autocast-bf16"
+    assert training["train_fp16"][-5:] == ["--fp16", "--store-ema", "--ema-decay", "0.99", "--ema-fp32"]
+    assert training["train_autocast_bf16"][-1] == "--autocast-bf16"
     assert training["train_autocast_bf16_compiled"][-2:] == ["--autocast-bf16", "--compile-layers"]
     assert not any("--bf16" in command for command in training.values())  # fairseq's --bf16 is a TPU run
     generate = device_check.generation_check(plan, tmp_path / "data", test_images=16).command
