@@ -220,8 +220,8 @@ class UnivalDataset(FairseqDataset):
     # ---- batches ----------------------------------------------------------------------------------------
     def collater(self, samples: List[Optional[dict]]) -> Dict[str, Any]:
         """OFA's batch: ``id`` (dataset indices), ``uniq_ids``, ``nsentences``, ``ntokens``, ``net_input``
-        (``src_tokens`` ... right-padded with ``<pad>``), ``target``, ``conf``, pass-through lists, and
-        ``num_skipped`` (rows of this batch dropped as bad). A batch of bad rows only is ``{}``."""
+        (``src_tokens`` ... right-padded with ``<pad>``), ``target``, ``conf``, pass-through lists,
+        ``num_skipped`` (rows of this batch dropped as bad) and ``split``. A batch of bad rows only is ``{}``."""
         kept = [sample for sample in samples if sample is not None]
         if not kept:
             return {}
@@ -231,6 +231,7 @@ class UnivalDataset(FairseqDataset):
             "nsentences": len(kept),
             "net_input": {},
             "num_skipped": len(samples) - len(kept),
+            "split": self.split,  # e.g. which validation subset a batch is from (--valid-subset valid,test)
         }
         consumed = {"id", "index"}
         for name, field in self.batch_fields.items():

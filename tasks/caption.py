@@ -117,7 +117,8 @@ class CaptionTask(UnivalTask):
         if self.cfg.eval_cider and sample:
             predictions = dict(enumerate(self.predict(model, sample)))
             references = dict(enumerate(sample["references"]))
-            frequency = self.document_frequency.get(self.cfg.valid_subset.split(",")[0])
+            # the n-gram document frequencies of the batch's own subset (--valid-subset valid,test: each its own)
+            frequency = self.document_frequency.get(sample.get("split", self.cfg.valid_subset.split(",")[0]))
             _, scores = cider_d(predictions, references, document_frequency=frequency)
             logging_output["_cider_score_sum"] = float(sum(scores))
             logging_output["_cider_count"] = len(scores)

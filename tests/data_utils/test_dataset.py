@@ -114,7 +114,7 @@ def test_collater_builds_ofa_batch(tmp_path, dictionary, bpe):
 
 def test_collater_confidence_and_text_only(dictionary):
     dataset = TinyCaptionDataset.__new__(TinyCaptionDataset)
-    dataset.pad, dataset.eos = dictionary.pad(), dictionary.eos()
+    dataset.pad, dataset.eos, dataset.split = dictionary.pad(), dictionary.eos(), "valid"
     samples = [{"id": "q1", "index": 4, "source": torch.tensor([0, 9, 2]), "target": torch.tensor([7, 2]),
                 "prev_output_tokens": torch.tensor([0, 7]), "conf": torch.tensor([0.3])},
                {"id": "q2", "index": 8, "source": torch.tensor([0, 2]), "target": torch.tensor([2]),
@@ -134,7 +134,7 @@ def test_collater_extends_with_new_media(dictionary):
         media_keys = ("patch_image", "patch_video")
 
     dataset = VideoDataset.__new__(VideoDataset)
-    dataset.pad, dataset.eos = dictionary.pad(), dictionary.eos()
+    dataset.pad, dataset.eos, dataset.split = dictionary.pad(), dictionary.eos(), "valid"
     video = torch.ones(2, 3, 4, 4)
     samples = [{"index": 0, "source": torch.tensor([0, 2]), "target": torch.tensor([2]),
                 "prev_output_tokens": torch.tensor([0]), "patch_video": video, "patch_type": 1},

@@ -179,3 +179,34 @@ def test_generation_warns_about_input_options_that_differ_from_training(tmp_path
     assert "max-src-length" not in caplog.text and "tsv-prefix" not in caplog.text  # not input options
     assert task.warn_about_training_options(trained) == ["patch_image_size"]  # num_frames: not a caption option
     assert len(task.dataset("test")) == 2
+
+
+def test_validation_cider_of_each_subset_uses_its_own_document_frequencies(tmp_path, monkeypatch):
+    """--valid-subset valid,test: each batch's CIDEr-D weighs n-grams by the references of its own subset (the
+    test batches used the first subset's before)."""
+    import torch
+
+    from unival.criterions.adjust_label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropyCriterion
+    from unival.metrics import cider_d
+
+    image = png_base64()
+    write_split(tmp_path, "train", GOOD)
+    write_split(tmp_path, "valid", [["1", "20", "a red circle&&a big red circle", "", image],
+                                    ["2", "21", "a red square&&a small red square", "", image]])
+    write_split(tmp_path, "test", [["3", "30", "a green square&&a big green square", "", image],
+                                   ["4", "31", "a blue circle&&one blue circle", "", image],
+                                   ["5", "32", "a green circle&&a green round circle", "", image]])
+    task = make_task(tmp_path, eval_cider=True, valid_subset="valid,test")
+    task.load_dataset("valid")
+    batch = task_files.first_rows_batch(task, "test", 3)
+    assert batch["split"] == "test"
+    predictions = ["a green square", "a blue circle", "a red circle"]
+    monkeypatch.setattr(task, "predict", lambda model, sample: predictions)
+    model = task_files.build_tiny_model(task.dictionary)
+    with torch.no_grad():
+        _, _, logged = task.valid_step(batch, model, AdjustLabelSmoothedCrossEntropyCriterion(task, False))
+    references = dict(enumerate(batch["references"]))
+    own, other = (sum(cider_d(dict(enumerate(predictions)), references, document_frequency=task.document_frequency[
+        split])[1]) for split in ("test", "valid"))
+    assert logged["_cider_score_sum"] == pytest.approx(own) and logged["_cider_count"] == 3
+    assert own != pytest.approx(other)
