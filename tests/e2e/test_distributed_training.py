@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,14 +39,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def finished(process: subprocess.Popen, name: str) -> str:
-    try:
-        output, _ = process.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-    assert process.returncode == 0, f"{name} failed:\n{output[-4000:]}"
-    return output
+def run_ranks(commands, folder, env, timeout_s=600):
+    """Runs the ranks' commands together, logging to files (a pipe left unread can fill and block a rank); stops
+    them all as soon as one fails (the others would wait for it in a collective); returns their logs."""
+    logs = [folder / f"rank{rank}.log" for rank in range(len(commands))]
+    processes = []
+    for command, log in zip(commands, logs):
+        with open(log, "w") as out:
+            processes.append(subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        codes = [process.poll() for process in processes]
+        if None not in codes or any(codes) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    failed = [rank for rank, code in enumerate(codes) if code] or [rank for rank, code in enumerate(codes)
+                                                                   if code is None]  # the timed-out ones
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    assert not failed, "\n".join(f"rank {rank} failed or timed out:\n{logs[rank].read_text()[-3000:]}"
+                                  for rank in failed)
+    return [log.read_text() for log in logs]
 
 
 def validation(log: str):
@@ -61,9 +77,7 @@ def test_two_ranks_train_and_validate_as_one_process_would(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     train = [str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir", str(save_dir),
              "--distributed-init-method", f"tcp://127.0.0.1:{free_port()}"] + OPTIONS + TRAIN_OPTIONS
-    ranks = [subprocess.Popen(train + ["--distributed-rank", str(rank)], cwd=tmp_path, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for rank in range(2)]
-    log = [finished(process, f"rank {rank}") for rank, process in enumerate(ranks)][0]
+    log = run_ranks([train + ["--distributed-rank", str(rank)] for rank in range(2)], tmp_path, env)[0]
 
     assert "training on 2 devices" in log
     # 32 images x 5 captions, 8 per rank and step: 10 updates per epoch (20 on one process)
