@@ -15,6 +15,7 @@ REQUIREMENTS = [
     # Upstream fairseq main re-released with the Python 3.11 dataclass fix; PyPI's fairseq 0.12.2 does not
     # import on 3.11 and fairseq-fixed compiles from source for minutes.
     "ve-fairseq==0.12.3",
+    "omegaconf==2.3.1",  # the audio task's options use its oc.select resolver (2.1+)
     "timm==1.0.31",
     "pycocoevalcap==1.2",
     "decord==0.6.0",
