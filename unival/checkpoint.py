@@ -225,9 +225,21 @@ def load_checkpoint(path: Union[str, Path], ema: bool = False, dictionary: Optio
     ``ema`` picks the exponential-moving-average weights; ``dictionary`` (optional) is the vocabulary the
     model was trained with, for decoding text; without it a placeholder of the right size is used.
     """
+    return load_checkpoint_and_task_options(path, ema, dictionary, allow_unsafe)[0]
+
+
+def load_checkpoint_and_task_options(path: Union[str, Path], ema: bool = False,
+                                     dictionary: Optional[Dictionary] = None,
+                                     allow_unsafe: bool = False) -> Tuple[UnivalModel, Optional[Dict[str, Any]]]:
+    """``load_checkpoint``'s model and the task options it was trained with (image size, frames...), which a
+    checkpoint file holds (fairseq's ``cfg['task']``, or the original's argument namespace); None for a folder of
+    ``unival convert``."""
     if Path(path).is_dir():
         from unival.convert import load_safetensors
-        return load_safetensors(path, dictionary=dictionary)
+        return load_safetensors(path, dictionary=dictionary), None
     state = read_checkpoint(path, allow_unsafe=allow_unsafe)
     model, _ = build_from_checkpoint(state, ema=ema, dictionary=dictionary, source=str(path))
-    return model.eval()
+    task = state["cfg"].get("task") if state.get("cfg") else state.get("args")
+    if isinstance(task, argparse.Namespace):
+        task = vars(task)
+    return model.eval(), (dict(task) if task else None)

@@ -401,7 +401,7 @@ def evaluate_files(args) -> Dict:
 def evaluate_checkpoint(args) -> Dict:
     """Loads a model, predicts ``--split`` of ``--data`` with the task built from ``--task`` and the options after
     ``--`` (as fairseq-generate would), and scores the predictions: finetuned and zero-shot evaluation alike."""
-    from unival.checkpoint import load_checkpoint
+    from unival.checkpoint import load_checkpoint_and_task_options
     from unival.generate import build_task, generate_split
 
     if not args.data:
@@ -410,7 +410,10 @@ def evaluate_checkpoint(args) -> Dict:
 
     config_argv = task_options_argv(args.config) if args.config else []
     task = build_task(args.task, args.data, config_argv + list(args.passthrough))
-    model = load_checkpoint(args.checkpoint, ema=args.ema, dictionary=task.target_dictionary)
+    model, trained_with = load_checkpoint_and_task_options(args.checkpoint, ema=args.ema,
+                                                           dictionary=task.target_dictionary)
+    if trained_with:
+        task.warn_about_training_options(trained_with)  # as fairseq-generate does: image size, frames...
     if torch.cuda.is_available() and not args.cpu:
         model = model.cuda()
     model = in_precision(model, args)
