@@ -178,7 +178,7 @@ def test_generate_names_a_different_vocabulary_and_image_size(corpus, trained, t
                                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert other_vocabulary.returncode != 0
     assert "the checkpoint's vocabulary has" in other_vocabulary.stderr and "--dict-file" in other_vocabulary.stderr
-    # trained at 64 px, generated at the default 256: warned (the run then stops: the grid exceeds the position buckets)
+    # trained at 64 px, generated at the default 384: warned (the run then stops: the grid exceeds the position buckets)
     other_size = subprocess.run(generate, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert "trained with --patch-image-size 64 but this run uses --patch-image-size" in other_size.stderr
     # unival evaluate --checkpoint compares with the checkpoint's task options too
