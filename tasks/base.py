@@ -2,6 +2,7 @@
 shards, generation that starts from ``<s>``, and logging of skipped rows. Tasks add what they build from a row.
 """
 import contextlib
+import importlib.util
 import itertools
 import logging
 import platform
@@ -51,6 +52,15 @@ def refuse_emulated_bfloat16(what: str, allow_option: str) -> None:
                          f"products and convolutions are emulated, 6 to 400 times slower than in float32 (see "
                          f"README, Performance); train in float32 instead, or pass {allow_option} to run it "
                          f"anyway (e.g. to check the numerics)")
+
+
+def refuse_tpu_run_without_torch_xla(cfg: "UnivalTaskConfig") -> None:
+    """fairseq's option parser turns --bf16 (and --memory-efficient-bf16) into a TPU run (it sets --tpu); on a GPU
+    or CPU its trainer then stops at startup importing torch_xla. Stops before that, saying what to use."""
+    if cfg.fairseq_bf16 is True and cfg.fairseq_tpu is True and importlib.util.find_spec("torch_xla") is None:
+        raise ValueError("--bf16 makes fairseq-train a TPU run (fairseq sets --tpu with it) and torch_xla is not "
+                         "installed: on GPUs and CPUs use --autocast-bf16 (bfloat16 autocast, float32 weights) or "
+                         "--fp16")
 
 
 # fairseq's optimizer wrappers of --amp, --fp16 and --bf16 (with or without --memory-efficient-*)
@@ -103,6 +113,10 @@ class UnivalTaskConfig(FairseqDataclass):
     train_subset: str = II("dataset.train_subset")
     valid_subset: str = II("dataset.valid_subset")
     seed: int = II("common.seed")
+    # fairseq's --bf16 and the --tpu it implies, read to refuse a TPU run that cannot start (see build_model); typed
+    # Any, since fairseq turns the interpolation of a bool field into True when it converts the command line
+    fairseq_bf16: Any = II("common.bf16")
+    fairseq_tpu: Any = II("common.tpu")
 
 
 def readable_rows(reader: TSVReader, skip_bad_rows: bool) -> Iterator[List[str]]:
@@ -206,6 +220,8 @@ class UnivalTask(FairseqTask):
         return self.cfg.media_dir or self.cfg.data
 
     def build_model(self, cfg, from_checkpoint: bool = False):
+        if not from_checkpoint:  # fairseq-train; generation and validation build from checkpoints
+            refuse_tpu_run_without_torch_xla(self.cfg)
         model = super().build_model(cfg, from_checkpoint)
         self.adopt_model(model)
         return model

@@ -60,6 +60,24 @@ def test_fairseqs_bf16_is_refused_because_fairseq_makes_it_a_tpu_run(flag, tmp_p
                      flag, "--tpu"]) == 0  # a real TPU run is the caller's business
 
 
+@pytest.mark.parametrize("flag", ["--bf16", "--memory-efficient-bf16"])
+def test_fairseq_train_itself_refuses_bf16_before_building_the_model(flag, tmp_path):
+    """A direct fairseq-train --bf16 (not through unival train) stops at the task's model build with the same
+    advice, instead of inside fairseq's trainer looking for torch_xla."""
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from unival.tasks.base import refuse_tpu_run_without_torch_xla
+
+    def task_cfg(extra):
+        argv = train_command("caption/demo", str(tmp_path), "out", extra)[1:]
+        return convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(),
+                                                                          input_args=argv)).task
+
+    with pytest.raises(ValueError, match="--bf16 makes fairseq-train a TPU run .*--autocast-bf16"):
+        refuse_tpu_run_without_torch_xla(task_cfg([flag]))
+    refuse_tpu_run_without_torch_xla(task_cfg(["--autocast-bf16"]))  # no error
+
+
 def test_unknown_config_names_the_places_searched():
     with pytest.raises(FileNotFoundError, match="nonexistent"):
         train_command("nonexistent/config", "data", "save")
