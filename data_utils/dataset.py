@@ -271,14 +271,14 @@ class UnivalDataset(FairseqDataset):
         return self.max_src_length, self.max_tgt_length
 
     def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
-        if max_sentences and required_batch_size_multiple > max_sentences:
-            # fairseq then returns no batch at all (e.g. --batch-size 4 with its default multiple of 8)
-            required_batch_size_multiple = 1
+        if len(indices) == 0:
+            return []  # fairseq's check of the last batch fails on no batch at all
         batches = list(super().batch_by_size(indices, max_tokens=max_tokens, max_sentences=max_sentences,
                                              required_batch_size_multiple=required_batch_size_multiple))
         # fairseq drops a last batch whose size is not a multiple of --required-batch-size-multiple (8 by default):
-        # up to 7 samples of every split, all of a split smaller than 8, would go unscored. Those samples are the
-        # tail of ``indices`` (batches are consecutive runs of it) and are kept as a last, smaller batch.
+        # up to 7 samples of every split, all of a split smaller than 8, would go unscored (with --batch-size 4,
+        # every batch is such a one). Those samples are the tail of ``indices`` (batches are consecutive runs of
+        # it) and are kept as a last, smaller batch.
         batched = sum(len(batch) for batch in batches)
         if batched < len(indices):
             batches.append(np.asarray(indices[batched:], dtype=np.int64))

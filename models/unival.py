@@ -429,15 +429,8 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
         place, as greedy search's does until a hypothesis finishes. The decision is read from the device once per
         step (``reorder_effect``), and the cross-attention layers and the encoder reuse it."""
         cached = self.get_incremental_state(incremental_state, "cross_position_keys")
-        if cached is not None and "rows" in cached:
-            if reorder_effect(cached["rows"], new_order).identity:
-                return
-        else:
-            first = self.layers[0].self_attn.get_incremental_state(incremental_state, "attn_state") \
-                if self.layers else None
-            if first is not None and new_order.numel() == first["key"].size(0) and torch.equal(
-                    new_order, torch.arange(new_order.numel(), device=new_order.device)):
-                return
+        if cached is not None and "rows" in cached and reorder_effect(cached["rows"], new_order).identity:
+            return
         super().reorder_incremental_state_scripting(incremental_state, new_order)
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
