@@ -177,6 +177,8 @@ class VideoBackbone(nn.Module):
     frame-wise networks. Without it the time axis is averaged to one step whatever the clip length.
     """
 
+    float32_noted = False  # needs_float32_gradients has logged its reason in this process
+
     def __init__(self, name: str = "resnext101", weights_path: Optional[str] = None, keep_time: bool = True):
         super().__init__()
         builder = VIDEO_NETWORKS[name] if name in VIDEO_NETWORKS else frame_wise_network(name)
@@ -217,11 +219,31 @@ class VideoBackbone(nn.Module):
         logger.info("loaded video encoder %s weights from %s (%d tensors)", self.name, file, len(state))
 
     def forward(self, video: Tensor) -> Tensor:
+        if self.needs_float32_gradients(video):
+            with torch.autocast("cpu", enabled=False):
+                return self.run(video.float())
         # float32 frames into a network cast to float16/bfloat16 (fairseq-generate --fp16) take its type
-        x = video.to(next(self.parameters()).dtype)
+        return self.run(video.to(next(self.parameters()).dtype))
+
+    def run(self, x: Tensor) -> Tensor:
         for module in self.children():
             x = module(x)
         return x if self.keep_time else x.mean(dim=2, keepdim=True)
+
+    def needs_float32_gradients(self, video: Tensor) -> bool:
+        """Whether this forward must leave CPU bfloat16 autocast: oneDNN's bfloat16 weight gradient of a 3-D
+        convolution with a temporal kernel is wrong on the CPU when the clip is short in time (a time axis of 2
+        under a kernel of 3, of 2-4 under 5 or 7: relative errors of 1 to 1e36, inf and NaN, and heap corruption
+        that can abort the process; measured with torch 2.14.1). Forward outputs and input gradients are right, so
+        inference keeps bfloat16; the frame-wise networks are 2-D and unaffected."""
+        needed = (not self.frame_wise and video.device.type == "cpu" and torch.is_grad_enabled()
+                  and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                  and any(p.requires_grad for p in self.parameters()))
+        if needed and not VideoBackbone.float32_noted:
+            logger.info("bfloat16 autocast on the CPU: the video encoder %s trains in float32 (oneDNN's bfloat16 "
+                        "3-D convolution weight gradients are wrong for short clips)", self.name)
+            VideoBackbone.float32_noted = True
+        return needed
 
 
 def shown(keys: List[str], limit: int = 10) -> str:
