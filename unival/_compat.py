@@ -2,10 +2,13 @@
 
 torch >= 2.6 loads checkpoints with ``weights_only=True``; fairseq's and the original UnIVAL's checkpoints
 hold a few plain Python containers besides tensors. We allow exactly those types, never the unsafe path.
-fairseq's EMA (``--store-ema``) is built so that it copies integer state instead of failing on it.
+fairseq's EMA (``--store-ema``) is built so that it copies integer state instead of failing on it, and starts
+from the model's weights when training from a checkpoint that holds none.
 """
 import argparse
 import collections
+import functools
+import logging
 
 import numpy as np
 import torch
@@ -61,3 +64,38 @@ def build_ema_copying_integer_state(model, cfg, device):
 import fairseq.trainer  # noqa: E402
 
 fairseq.trainer.build_ema = build_ema_copying_integer_state
+
+
+def ema_from_model_when_missing(load_checkpoint):
+    """fairseq's ``Trainer.load_checkpoint``, made to start ``--store-ema``'s average from the checkpoint's model
+    weights when the checkpoint holds no EMA (a pretrained UnIVAL checkpoint given to ``--finetune-from-model`` or
+    ``--restore-file``, as the VQA and video-QA finetuning configs do). fairseq means to, but reads the model
+    weights after deleting them and stops with ``KeyError: 'model'``. The checkpoint's model weights are offered
+    as its EMA weights while it is read, which is the state fairseq's own fallback would restore."""
+    @functools.wraps(load_checkpoint)
+    def load(self, filename, *args, **kwargs):
+        if not self.cfg.ema.store_ema:
+            return load_checkpoint(self, filename, *args, **kwargs)
+        read = fairseq.checkpoint_utils.load_checkpoint_to_cpu
+
+        def read_offering_model_as_ema(*read_args, **read_kwargs):
+            state = read(*read_args, **read_kwargs)
+            extra = state.get("extra_state")
+            if extra is not None and "ema" not in extra:
+                logging.getLogger(__name__).info("%s holds no EMA weights: --store-ema starts its average from the "
+                                                 "checkpoint's model weights", filename)
+                extra["ema"] = state["model"]
+            return state
+
+        fairseq.checkpoint_utils.load_checkpoint_to_cpu = read_offering_model_as_ema
+        try:
+            return load_checkpoint(self, filename, *args, **kwargs)
+        finally:
+            fairseq.checkpoint_utils.load_checkpoint_to_cpu = read
+
+    return load
+
+
+import fairseq.checkpoint_utils  # noqa: E402
+
+fairseq.trainer.Trainer.load_checkpoint = ema_from_model_when_missing(fairseq.trainer.Trainer.load_checkpoint)
