@@ -15,5 +15,6 @@ from unival import models, tasks, criterions, optim  # noqa: E402,F401
 __version__ = "0.1.0"
 
 from unival.checkpoint import load_checkpoint  # noqa: E402
+from unival.merge import merge_checkpoints  # noqa: E402
 
-__all__ = ["load_checkpoint"]
+__all__ = ["load_checkpoint", "merge_checkpoints"]

@@ -168,16 +168,21 @@ def without_derived_entries(weights: Dict[str, torch.Tensor], cfg: UnivalConfig,
             if key.rsplit(".", 1)[-1] not in DERIVED_BUFFERS and not key.startswith(unused)}
 
 
-def model_state_from_checkpoint(state: Dict[str, Any], cfg: UnivalConfig, ema: bool) -> Dict[str, torch.Tensor]:
+def stored_weights(state: Dict[str, Any], ema: bool, source: str = "the checkpoint") -> Dict[str, torch.Tensor]:
+    """The model's weights as the checkpoint stores them, or its EMA copy's (``ema``)."""
+    if not ema:
+        return state["model"]
+    extra = state.get("extra_state") or {}
+    if not extra.get("ema"):
+        raise CheckpointError(f"ema=True but {source} holds no EMA weights (extra_state['ema'])")
+    return extra["ema"]
+
+
+def model_state_from_checkpoint(state: Dict[str, Any], cfg: UnivalConfig, ema: bool,
+                                source: str = "the checkpoint") -> Dict[str, torch.Tensor]:
     """The weights to load: the model's or the EMA copy's, float32, derived and unused entries removed."""
-    weights = state["model"]
-    if ema:
-        extra = state.get("extra_state") or {}
-        if not extra.get("ema"):
-            raise CheckpointError("ema=True but the checkpoint holds no EMA weights (extra_state['ema'])")
-        weights = extra["ema"]
     return {key: value.float() if value.is_floating_point() else value
-            for key, value in without_derived_entries(weights, cfg).items()}
+            for key, value in without_derived_entries(stored_weights(state, ema, source), cfg).items()}
 
 
 def load_strict(model: torch.nn.Module, weights: Dict[str, torch.Tensor], source: str) -> None:
@@ -198,14 +203,8 @@ def load_strict(model: torch.nn.Module, weights: Dict[str, torch.Tensor], source
 
 def build_from_checkpoint(state: Dict[str, Any], ema: bool = False, dictionary: Optional[Dictionary] = None,
                           source: str = "checkpoint") -> Tuple[UnivalModel, UnivalConfig]:
-    model_args = state["cfg"]["model"] if state.get("cfg") else state.get("args")
-    if isinstance(model_args, argparse.Namespace):
-        cfg = config_from_original(model_args)
-    elif model_args is not None:
-        cfg = config_from_own(model_args)
-    else:
-        raise CheckpointError(f"{source} has no model configuration (cfg['model'] or args)")
-    weights = model_state_from_checkpoint(state, cfg, ema)
+    cfg = checkpoint_config(state, source)
+    weights = model_state_from_checkpoint(state, cfg, ema, source)
     vocab_size = weights["encoder.embed_tokens.weight"].shape[0]
     if dictionary is None:
         dictionary = placeholder_dictionary(vocab_size)
@@ -215,6 +214,16 @@ def build_from_checkpoint(state: Dict[str, Any], ema: bool = False, dictionary: 
     model = UnivalModel.from_config(cfg, dictionary)
     load_strict(model, weights, source)
     return model, cfg
+
+
+def checkpoint_config(state: Dict[str, Any], source: str = "checkpoint") -> UnivalConfig:
+    """The model configuration of a checkpoint: the original's argument namespace mapped, or our own options."""
+    model_args = state["cfg"]["model"] if state.get("cfg") else state.get("args")
+    if isinstance(model_args, argparse.Namespace):
+        return config_from_original(model_args)
+    if model_args is not None:
+        return config_from_own(model_args)
+    raise CheckpointError(f"{source} has no model configuration (cfg['model'] or args)")
 
 
 def load_checkpoint(path: Union[str, Path], ema: bool = False, dictionary: Optional[Dictionary] = None,

@@ -9,6 +9,7 @@ SUBCOMMANDS = {
     "make-demo-data": ("unival.demo_data_cli", "write the deterministic demo corpus (images, videos, audio)"),
     "train": ("unival.train", "run fairseq-train with the options of a YAML config from configs/"),
     "evaluate": ("unival.evaluate", "score predictions (JSON or fairseq-generate output) against references"),
+    "merge": ("unival.merge", "interpolate the weights of checkpoints finetuned from one model (model merging)"),
     "convert": ("unival.convert", "export a checkpoint (original UnIVAL or ours) to safetensors + JSON config"),
     "prepare": ("unival.prepare", "convert a benchmark's public annotation files into the TSV files of its task"),
 }
@@ -16,7 +17,7 @@ SUBCOMMANDS = {
 
 def build_parser(argv) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unival", description="UnIVAL jobs: the demo, training from a YAML "
-                                     "config, evaluation and checkpoint conversion.")
+                                     "config, evaluation, model merging and checkpoint conversion.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)

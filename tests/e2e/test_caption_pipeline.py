@@ -93,6 +93,25 @@ def test_generate_and_evaluate_from_the_command_line(corpus, trained, tmp_path):
     assert len(saved) == 24 and set(saved[0]) == {"id", "caption"}
 
 
+
+def test_merged_checkpoints_are_scored_and_finetuned_from_the_command_line(corpus, trained, tmp_path):
+    """`unival merge` of the run's first and last epochs (weight interpolation); the merged checkpoint is one like
+    any other: `unival evaluate --checkpoint` scores it and fairseq-train finetunes from it (the "fusing" recipe)."""
+    save_dir, _, _ = trained
+    merged = tmp_path / "merged.pt"
+    run([str(BIN / "unival"), "merge", str(save_dir / "checkpoint1.pt"), str(save_dir / "checkpoint3.pt"),
+         "--weights", "0.5", "--out", str(merged)], tmp_path)
+    run([str(BIN / "unival"), "evaluate", "--task", "caption", "--checkpoint", str(merged), "--data", str(corpus),
+         "--split", "test", "--metrics", "CIDEr", "--output", str(tmp_path / "scores.json"), "--",
+         "--tsv-prefix", "caption", "--patch-image-size", "64", "--eval-beam", "2", "--eval-max-len", "16"], tmp_path)
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["num_predictions"] == 24 and scores["scores"]["CIDEr"] > 0
+    result = run([str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir",
+                  str(tmp_path / "fused"), "--finetune-from-model", str(merged), "--max-update", "2",
+                  "--disable-validation"] + TRAIN_OPTIONS, tmp_path)
+    assert re.search(r"Loaded checkpoint \S+merged.pt \(epoch \d+ @ 0 updates\)", result.stdout + result.stderr)
+    assert (tmp_path / "fused" / "checkpoint_last.pt").is_file()
+
 def test_half_precision_prediction_from_the_command_line(corpus, trained, tmp_path):
     """fairseq-generate --fp16 casts the model to float16 and hands it float32 images; `unival evaluate --bf16`
     predicts with a bfloat16 model. Both mostly agree with float32 (on a GPU the same code runs, faster)."""

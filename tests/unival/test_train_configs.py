@@ -87,5 +87,5 @@ def test_help_lists_every_subcommand(capsys):
     with pytest.raises(SystemExit):
         cli_main(["--help"])
     printed = capsys.readouterr().out
-    for name in ("demo", "make-demo-data", "train", "evaluate", "convert"):
+    for name in ("demo", "make-demo-data", "train", "evaluate", "merge", "convert", "prepare"):
         assert name in printed
