@@ -87,6 +87,8 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
     weights = interpolation_weights(weights, len(paths))
     sources = [str(path) for path in paths]
     first = read_checkpoint(paths[0], allow_unsafe=allow_unsafe)
+    for key in RUN_STATE:  # not needed, and often larger than the weights (Adam's moments)
+        first.pop(key, None)
     first_options = dataclasses.asdict(checkpoint_config(first, sources[0]))
     first_weights = stored_weights(first, ema, sources[0])
     sums: Dict[str, torch.Tensor] = {}
@@ -119,7 +121,7 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
         else:
             merged_weights[key] = reference
             report.identical += reference.is_floating_point()
-    merged = {key: value for key, value in first.items() if key not in RUN_STATE}
+    merged = dict(first)
     merged["model"] = merged_weights
     if first.get("extra_state") is not None:
         merged["extra_state"] = {key: value for key, value in first["extra_state"].items()
