@@ -7,11 +7,10 @@ import pytest
 import torch
 
 import unival
-from unival.checkpoint import CheckpointError, read_checkpoint
+from unival.checkpoint import CheckpointError, placeholder_dictionary, read_checkpoint
 from unival.cli import main as cli_main
 from unival.merge import interpolation_weights, merge_checkpoints
 from unival.models.unival import UnivalConfig, UnivalModel, architecture_defaults
-from unival.checkpoint import placeholder_dictionary
 
 FC1 = "encoder.layers.0.fc1.weight"
 COUNTER = "encoder.embed_images.bn1.num_batches_tracked"
