@@ -13,6 +13,8 @@ import logging
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
+
 SAFE_CHECKPOINT_TYPES = [
     argparse.Namespace,
     collections.OrderedDict,
@@ -36,7 +38,6 @@ allow_checkpoint_types()
 def restore_log_level() -> None:
     """fairseq's wav2vec2_classification module sets the root logger to DEBUG when imported, which floods
     training logs with PIL's chunk-by-chunk PNG messages; put the level fairseq's CLIs ask for back."""
-    import logging
     import os
 
     wanted = getattr(logging, os.environ.get("LOGLEVEL", "INFO").upper(), logging.INFO)
@@ -82,8 +83,8 @@ def ema_from_model_when_missing(load_checkpoint):
             state = read(*read_args, **read_kwargs)
             extra = state.get("extra_state")
             if extra is not None and "ema" not in extra:
-                logging.getLogger(__name__).info("%s holds no EMA weights: --store-ema starts its average from the "
-                                                 "checkpoint's model weights", filename)
+                logger.info("%s holds no EMA weights: --store-ema starts its average from the checkpoint's model "
+                            "weights", filename)
                 extra["ema"] = state["model"]
             return state
 
