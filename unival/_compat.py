@@ -3,7 +3,8 @@
 torch >= 2.6 loads checkpoints with ``weights_only=True``; fairseq's and the original UnIVAL's checkpoints
 hold a few plain Python containers besides tensors. We allow exactly those types, never the unsafe path.
 fairseq's EMA (``--store-ema``) is built so that it copies integer state instead of failing on it, and starts
-from the model's weights when training from a checkpoint that holds none.
+from the model's weights when training from a checkpoint that holds none. Bias-free layers are not reported as
+shared parameters.
 """
 import argparse
 import collections
@@ -100,3 +101,21 @@ def ema_from_model_when_missing(load_checkpoint):
 import fairseq.checkpoint_utils  # noqa: E402
 
 fairseq.trainer.Trainer.load_checkpoint = ema_from_model_when_missing(fairseq.trainer.Trainer.load_checkpoint)
+
+
+def catalog_present_shared_params(catalog):
+    """fairseq's catalogue of parameters shared between modules, less the absent ones: it grouped every ``None``
+    entry of ``_parameters`` (a convolution built with ``bias=False``) as one shared parameter, and fairseq-train
+    logged about a hundred "detected shared parameter: encoder.embed_images.conv1.bias <- ...embed_audios..." lines,
+    as if the image and audio encoders were tied. Truly shared parameters (tied embeddings) are still found."""
+    @functools.wraps(catalog)
+    def present(module, memo=None, prefix=""):
+        shared = catalog(module, memo, prefix)
+        if shared is None:  # a recursive call: only the outermost returns the list
+            return None
+        return [paths for paths in shared if fairseq.trainer._get_module_by_path(module, paths[0]) is not None]
+
+    return present
+
+
+fairseq.trainer._catalog_shared_params = catalog_present_shared_params(fairseq.trainer._catalog_shared_params)

@@ -1,4 +1,5 @@
-"""The plugin's fixes to fairseq: the EMA of --store-ema averages floating-point state and copies integer state."""
+"""The plugin's fixes to fairseq: the EMA of --store-ema averages floating-point state and copies integer state;
+bias-free layers are not catalogued as shared parameters."""
 import fairseq.trainer
 import pytest
 import torch
@@ -37,3 +38,12 @@ def test_fairseq_trainer_builds_this_ema():
     model.train()(torch.randn(2, 3, 8, 8))
     with pytest.raises(RuntimeError, match="Long"):
         EMA(model, EMAConfig(store_ema=True, ema_decay=0.75), "cpu").step(model)
+
+
+def test_bias_free_layers_are_not_reported_as_shared_parameters():
+    """fairseq-train logs each group of parameters that modules share; convolutions without bias were one group."""
+    tied = nn.Linear(4, 4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.Conv2d(4, 4, 3, bias=False), tied,
+                          nn.Linear(4, 4, bias=False))
+    model[3].weight = tied.weight
+    assert fairseq.trainer._catalog_shared_params(model) == [["2.weight", "3.weight"]]
