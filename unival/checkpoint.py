@@ -6,7 +6,7 @@ import logging
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from fairseq.data import Dictionary
@@ -185,19 +185,24 @@ def model_state_from_checkpoint(state: Dict[str, Any], cfg: UnivalConfig, ema: b
             for key, value in without_derived_entries(stored_weights(state, ema, source), cfg).items()}
 
 
+def key_differences(expected: Dict[str, torch.Tensor], given: Dict[str, torch.Tensor],
+                    titles: Tuple[str, str, str] = ("missing", "unexpected", "shape mismatch"),
+                    labels: Tuple[str, str] = ("", "")) -> List[str]:
+    """Lines naming the keys of ``expected`` that ``given`` lacks, the keys only ``given`` has, and the keys whose
+    shapes differ (``given``'s shape first, each after its label), under ``titles``; none when the two fit."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mis_shaped = [f"{key}: {labels[0]}{tuple(given[key].shape)} vs {labels[1]}{tuple(expected[key].shape)}"
+                  for key in sorted(set(expected) & set(given)) if expected[key].shape != given[key].shape]
+    return [f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else "")
+            for title, keys in zip(titles, (missing, unexpected, mis_shaped)) if keys]
+
+
 def load_strict(model: torch.nn.Module, weights: Dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict that lists every missing, unexpected and mis-shaped key in its error."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    mis_shaped = [f"{key}: checkpoint {tuple(weights[key].shape)} vs model {tuple(own[key].shape)}"
-                  for key in sorted(set(own) & set(weights)) if own[key].shape != weights[key].shape]
-    if missing or unexpected or mis_shaped:
-        lines = [f"{source} does not fit the model:"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mis_shaped)):
-            if keys:
-                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
-        raise CheckpointError("\n".join(lines))
+    differences = key_differences(model.state_dict(), weights, labels=("checkpoint ", "model "))
+    if differences:
+        raise CheckpointError("\n".join([f"{source} does not fit the model:"] + differences))
     model.load_state_dict(weights, strict=True)
 
 

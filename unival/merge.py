@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from unival.checkpoint import (CheckpointError, build_from_checkpoint, checkpoint_config, read_checkpoint,
-                               stored_weights)
+from unival.checkpoint import (CheckpointError, build_from_checkpoint, checkpoint_config, key_differences,
+                               read_checkpoint, stored_weights)
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +55,10 @@ def interpolation_weights(weights: Optional[Sequence[float]], count: int) -> Lis
 
 def check_same_network(first: Dict[str, torch.Tensor], other: Dict[str, torch.Tensor], first_source: str,
                        source: str) -> None:
-    only_first = sorted(set(first) - set(other))
-    only_other = sorted(set(other) - set(first))
-    shapes = [f"{key}: {tuple(first[key].shape)} vs {tuple(other[key].shape)}"
-              for key in sorted(set(first) & set(other)) if first[key].shape != other[key].shape]
-    if only_first or only_other or shapes:
-        lines = [f"{first_source} and {source} do not hold the same network; only checkpoints finetuned from one "
-                 "model can be merged:"]
-        for title, keys in ((f"only in {first_source}", only_first), (f"only in {source}", only_other),
-                            ("shapes differ", shapes)):
-            if keys:
-                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""))
-        raise CheckpointError("\n".join(lines))
+    differences = key_differences(other, first, (f"only in {source}", f"only in {first_source}", "shapes differ"))
+    if differences:
+        raise CheckpointError("\n".join([f"{first_source} and {source} do not hold the same network; only "
+                                          "checkpoints finetuned from one model can be merged:"] + differences))
 
 
 def check_same_architecture(first: Dict[str, Any], other: Dict[str, Any], first_source: str, source: str) -> None:
@@ -79,8 +71,8 @@ def check_same_architecture(first: Dict[str, Any], other: Dict[str, Any], first_
 
 def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Sequence[float]] = None,
                       ema: bool = False, allow_unsafe: bool = False) -> Tuple[Dict[str, Any], MergeReport]:
-    """The checkpoint (and what was done to its tensors) whose weights are ``sum_i weights[i] * weights of paths[i]`` (see
-    :func:`interpolation_weights`), with the first checkpoint's options and format. ``ema`` merges the EMA
+    """The checkpoint whose weights are ``sum_i weights[i] * weights of paths[i]`` (see
+    :func:`interpolation_weights`), and what was done to its tensors; with the first checkpoint's options and format. ``ema`` merges the EMA
     weights each checkpoint holds. Floating-point tensors are summed in float32 (float64 ones in float64) and
     stored in the first checkpoint's precision; tensors equal in every checkpoint and integer ones (BatchNorm
     counters, position buckets) are the first's. Checkpoints are read one at a time."""
@@ -96,11 +88,10 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
     report = MergeReport()
     for index, (source, weight) in enumerate(zip(sources, weights)):
         state = first if index == 0 else read_checkpoint(paths[index], allow_unsafe=allow_unsafe)
+        tensors = stored_weights(state, ema, source)
         if index:
             check_same_architecture(first_options, dataclasses.asdict(checkpoint_config(state, source)),
                                     sources[0], source)
-        tensors = stored_weights(state, ema, source)
-        if index:
             check_same_network(first_weights, tensors, sources[0], source)
         for key, value in tensors.items():
             reference = first_weights[key]
