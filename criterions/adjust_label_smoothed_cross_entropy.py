@@ -2,7 +2,7 @@
 take (an answer trie's mask or a token range), with per-sample confidence weights and dropping of the worst tokens."""
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from fairseq import utils
@@ -112,6 +112,8 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         lprobs = model.get_normalized_probs((logits, *net_output[1:]), log_probs=True)
         target = target[scored]
         loss, nll_loss = self.token_losses(lprobs, target, allowed)
+        balanced = sample.get("streams") is not None
+        rows = scored.nonzero(as_tuple=True)[0] if balanced else None  # the sample of each scored token
 
         conf = sample.get("conf")
         if conf is not None:
@@ -120,22 +122,47 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
             keep = loss.numel() - int(loss.numel() * self.drop_worst_ratio)
             loss, kept = loss.topk(keep, largest=False)
             nll_loss = nll_loss[kept]
+            rows = rows[kept] if balanced else None
 
         loss_tokens = loss.numel()
-        sample_size = sample["target"].size(0) if self.sentence_avg else loss_tokens
-        loss, nll_loss = loss.sum(), nll_loss.sum()
+        stream_losses = {}
+        if balanced:
+            loss, stream_losses = self.stream_balanced(sample, loss, rows)
+            sample_size = 1
+        else:
+            sample_size = sample["target"].size(0) if self.sentence_avg else loss_tokens
+            loss = loss.sum()
         logging_output = {
             "loss": loss.data,
-            "nll_loss": nll_loss.data,
+            "nll_loss": nll_loss.sum().data,
             "ntokens": sample["ntokens"],
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
             "loss_tokens": loss_tokens,
         }
+        for name, value in stream_losses.items():
+            logging_output[f"_stream_{name}_loss"] = value.data
+            logging_output[f"_stream_{name}_count"] = 1
         if self.report_accuracy:
             logging_output["n_correct"] = utils.item(lprobs.argmax(-1).eq(target).sum())
             logging_output["total"] = target.numel()
         return loss, sample_size, logging_output
+
+    def stream_balanced(self, sample, loss: Tensor, rows: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Task balancing of a pretraining batch (``stream_ids``: the stream of each sample, ``streams``: their
+        names): the sum over streams of each stream's token losses divided by its own sample size (its scored
+        tokens, or sentences with --sentence-avg), so that a stream with longer targets or more rows does not
+        drown the others; returned with each stream's loss. The batch's sample size is then 1, so that fairseq
+        averages over micro-batches and ranks."""
+        names = sample["streams"]
+        stream_ids = sample["stream_ids"]
+        token_streams = stream_ids[rows]
+        sums = loss.new_zeros(len(names)).index_add(0, token_streams, loss)
+        sizes = torch.bincount(stream_ids if self.sentence_avg else token_streams, minlength=len(names))
+        per_stream = sums / sizes.clamp(min=1).to(sums)
+        present = sizes > 0
+        return per_stream[present].sum(), {name: per_stream[number] for number, name in enumerate(names)
+                                           if present[number]}
 
     def token_losses(self, lprobs: Tensor, target: Tensor, allowed: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Per-token ``(loss, nll_loss)`` of the scored positions; subclasses add terms to the loss here."""
@@ -177,6 +204,14 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         metrics.log_scalar("loss", loss_sum / max(sample_size, 1) / math.log(2), sample_size, round=3)
         metrics.log_scalar("nll_loss", nll_loss_sum / max(loss_tokens, 1) / math.log(2), loss_tokens, round=3)
         metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+
+        # pretraining batches: each stream's own loss (see stream_balanced), averaged over the batches that had it
+        streams = sorted({key[len("_stream_"):-len("_loss")] for log in logging_outputs for key in log
+                          if key.startswith("_stream_") and key.endswith("_loss")})
+        for name in streams:
+            stream_sum = sum(log.get(f"_stream_{name}_loss", 0) for log in logging_outputs)
+            count = sum(log.get(f"_stream_{name}_count", 0) for log in logging_outputs)
+            metrics.log_scalar(f"loss_{name}", stream_sum / max(count, 1) / math.log(2), count, round=3)
 
         total = utils.item(sum(log.get("total", 0) for log in logging_outputs))
         if total > 0:

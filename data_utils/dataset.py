@@ -55,6 +55,20 @@ def stacked_media(key: str) -> Callable:
     return collate
 
 
+def compact_media(key: str) -> Callable:
+    """(M, ...) stack of the ``key`` tensors of the M samples that have one, in batch order (no placeholder rows
+    for the others: the model takes their rows by ``patch_types``); None when no sample has one."""
+    def collate(dataset: "UnivalDataset", samples: List[dict]) -> Optional[torch.Tensor]:
+        present = [sample[key] for sample in samples if sample.get(key) is not None]
+        if not present:
+            return None
+        shapes = {tuple(value.shape) for value in present}
+        if len(shapes) > 1:
+            raise ValueError(f"{key!r} tensors of different shapes in one batch: {sorted(shapes)}")
+        return torch.stack(present)
+    return collate
+
+
 def source_lengths(dataset: "UnivalDataset", samples: List[dict]) -> torch.Tensor:
     return torch.tensor([int(sample["source"].ne(dataset.pad).sum()) for sample in samples], dtype=torch.long)
 

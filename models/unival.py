@@ -83,6 +83,10 @@ class UnivalConfig(FairseqDataclass):
         default=None, metadata={"help": "audio encoder: cnn6, cnn10, cnn14 (PANN); none: the model reads no audio"})
     audio_encoder_path: Optional[str] = field(
         default=None, metadata={"help": "local weights of the audio encoder (e.g. Cnn14_mAP=0.431.pth)"})
+    bart_path: Optional[str] = field(
+        default=None, metadata={"help": "a BART checkpoint (bart.base/model.pt) whose text transformer and token "
+                                        "embeddings initialise the model, as the paper's first pretraining stage "
+                                        "(needs --dict-file with BART's dict.txt)"})
     audio_sample_rate: int = field(default=48000, metadata={"help": "sample rate the audio encoder expects"})
     audio_window_size: int = field(default=1024, metadata={"help": "STFT window of the log-mel front end"})
     audio_hop_size: int = field(default=480, metadata={"help": "STFT hop (the paper finetunes with 200)"})
@@ -131,6 +135,22 @@ MODALITIES = {
     "patch_videos": Modality("embed_videos", "video_proj", "embed_video_positions", 1, video_tokens_and_ids),
     "patch_audios": Modality("embed_audios", "audio_proj", "embed_audio_positions", 2, audio_tokens_and_ids),
 }
+
+
+# Options naming files whose weights initialise a new model; a model built from a checkpoint reads none of them.
+WEIGHT_FILE_OPTIONS = ("image_encoder_path", "video_encoder_path", "audio_encoder_path", "bart_path")
+
+
+def media_rows(key: str, media: Tensor, index: Tensor, batch: int) -> Tensor:
+    """The rows ``index`` (the samples whose ``patch_types`` name this modality) of a media tensor with a row per
+    sample of the batch; a tensor with exactly one row per such sample (the pretraining batches, which mix
+    modalities and carry no placeholder media) is already them."""
+    if media.size(0) == batch:
+        return media.index_select(0, index)
+    if media.size(0) == index.numel():
+        return media
+    raise ValueError(f"{key} holds {media.size(0)} rows: expected one per sample of the batch ({batch}) or one per "
+                     f"sample whose patch_types name it ({index.numel()})")
 
 
 def bert_init(module: nn.Module) -> None:
@@ -246,7 +266,9 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
 
     def embed_all_media(self, batch: int, media: Dict[str, Tensor], patch_types: Optional[Tensor]):
         """Patches of every sample, each from its own modality: (B, N, C) embeddings, (1 or B, N, C) position
-        embeddings, (N,) or (B, N) position ids and (B, N) padding (samples with fewer patches are padded)."""
+        embeddings, (N,) or (B, N) position ids and (B, N) padding (samples with fewer patches are padded).
+        A media tensor holds a row per sample, or only the rows of the samples of its modality (see
+        :func:`media_rows`)."""
         if patch_types is None:
             if len(media) > 1:
                 raise ValueError(f"a batch with {' and '.join(media)} needs patch_types to tell which media "
@@ -262,7 +284,7 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
             key = next(iter(rows))
             x, positions, position_ids = self.embed_media(key, media[key])
             return x, positions.unsqueeze(0), position_ids, x.new_zeros(x.shape[:2], dtype=torch.bool)
-        parts = {key: self.embed_media(key, media[key].index_select(0, index)) for key, index in rows.items()}
+        parts = {key: self.embed_media(key, media_rows(key, media[key], index, batch)) for key, index in rows.items()}
         length = max(part[0].size(1) for part in parts.values())
         dim = next(iter(parts.values()))[0].size(-1)
         first, first_positions, _ = next(iter(parts.values()))  # of the model's type (float16 after --fp16)
@@ -555,8 +577,10 @@ class UnivalModel(FairseqEncoderDecoderModel):
     def keep_own_modality_weights(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
         """A checkpoint of an earlier curriculum stage holds nothing of a modality added since (audio after image
         and video): that modality's encoder, projection and positions keep this model's own initialisation (e.g.
-        ``--audio-encoder-path``), with a warning. A modality the checkpoint holds in part is left to the strict
-        check, which names the missing keys."""
+        ``--audio-encoder-path``), with a warning. The other way round (an image task finetuned from a model
+        pretrained with audio, built without an audio encoder), the checkpoint's weights of that modality are
+        left out, with a warning. A modality the checkpoint holds in part is left to the strict check, which
+        names the missing keys."""
         own = self.state_dict()
         for modality in MODALITIES.values():
             names = {modality.backbone, modality.projection, modality.positions}
@@ -566,6 +590,13 @@ class UnivalModel(FairseqEncoderDecoderModel):
                                modality.backbone, ", ".join(sorted(names)))
                 for key in keys:
                     state_dict[prefix + key] = own[key]
+            saved = [key for key in state_dict if key.startswith(prefix + "encoder.")
+                     and key[len(prefix):].split(".")[1] in names]
+            if saved and not keys:
+                logger.warning("the checkpoint has %s weights but this model has no such encoder: %d of its "
+                               "tensors (%s) are not loaded", modality.backbone, len(saved), ", ".join(sorted(names)))
+                for key in saved:
+                    del state_dict[key]
 
     @classmethod
     def from_config(cls, cfg: UnivalConfig, dictionary) -> "UnivalModel":
@@ -581,8 +612,21 @@ class UnivalModel(FairseqEncoderDecoderModel):
             for part in (model.encoder, model.decoder):
                 for table in getattr(part, tables, []):
                     nn.init.zeros_(table.weight)
-        if cfg.image_encoder_path:
-            model.encoder.embed_images.load_weights(cfg.image_encoder_path)
+        # Pretrained encoder weights, after the initialisation above (which would overwrite their linear layers)
+        for option, backbone, needs in (("image_encoder_path", "embed_images", None),
+                                         ("video_encoder_path", "embed_videos", "video_encoder"),
+                                         ("audio_encoder_path", "embed_audios", "audio_encoder")):
+            path = getattr(cfg, option)
+            if not path:
+                continue
+            if needs is not None and not getattr(cfg, needs):
+                raise ValueError(f"--{option.replace('_', '-')} {path} given but the model has no "
+                                 f"{needs.split('_')[0]} encoder (--{needs.replace('_', '-')})")
+            getattr(model.encoder, backbone).load_weights(path)
+            logger.info("%s: weights loaded from %s", backbone, path)
+        if cfg.bart_path:
+            from unival.models.bart import initialise_from_bart
+            initialise_from_bart(model, cfg.bart_path)
         if cfg.compile_layers:
             # In place, unlike torch.compile(module): parameter names, hence checkpoints, stay the same.
             for layer in [*model.encoder.layers, *model.decoder.layers]:

@@ -17,13 +17,14 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim.amp_optimizer import AMPOptimizer
 from fairseq.optim.fp16_optimizer import _FP16OptimizerMixin, _MemoryEfficientFP16OptimizerMixin
 from fairseq.tasks import FairseqTask
-from omegaconf import II
+from omegaconf import DictConfig, II, open_dict
 
 from unival.data_utils.media import load_image
 from unival.data_utils.transforms import image_transform, imagenet_mean_std
 from unival.data_utils.tsv import TSVFormatError, TSVReader
 from unival.data_utils.vocab import GPT2BPE, build_unified_dictionary, decode_tokens, default_bpe_files
 from unival.memory import keep_freed_memory
+from unival.models.unival import WEIGHT_FILE_OPTIONS
 from unival.task_metrics import summed
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,19 @@ def refuse_tpu_run_without_torch_xla(cfg: "UnivalTaskConfig") -> None:
         raise ValueError("--bf16 makes fairseq-train a TPU run (fairseq sets --tpu with it) and torch_xla is not "
                          "installed: on GPUs and CPUs use --autocast-bf16 (bfloat16 autocast, float32 weights) or "
                          "--fp16")
+
+
+def forget_weight_files(model_cfg) -> None:
+    """A model config read from a checkpoint (fairseq-generate --path): the checkpoint holds the encoders' weights,
+    so the pretrained-weight files its training read (--image-encoder-path ..., perhaps on another machine) are
+    not read again."""
+    for name in WEIGHT_FILE_OPTIONS:
+        if getattr(model_cfg, name, None):
+            if isinstance(model_cfg, DictConfig):
+                with open_dict(model_cfg):
+                    model_cfg[name] = None
+            else:
+                setattr(model_cfg, name, None)
 
 
 # fairseq's optimizer wrappers of --amp, --fp16 and --bf16 (with or without --memory-efficient-*)
@@ -152,10 +166,10 @@ class UnivalTask(FairseqTask):
             dictionary = build_unified_dictionary(bpe_dict_path=cfg.dict_file, code_dict_size=cfg.code_dict_size,
                                                   num_bins=cfg.num_bins)
         else:
-            train_path = cls.split_path(cfg, cfg.train_subset)
-            logger.info("no --dict-file: building the vocabulary from %s", train_path)
-            reader = TSVReader(str(train_path), selected_cols=cls.parse_columns(cfg))
-            texts = itertools.chain(cls.corpus_texts(readable_rows(reader, cfg.skip_bad_rows)),
+            paths = cls.vocabulary_paths(cfg)
+            logger.info("no --dict-file: building the vocabulary from %s", ", ".join(map(str, paths)))
+            readers = [TSVReader(str(path), selected_cols=cls.parse_columns(cfg)) for path in paths]
+            texts = itertools.chain(*(cls.corpus_texts(readable_rows(reader, cfg.skip_bad_rows)) for reader in readers),
                                     cls.required_texts(cfg))
             dictionary = build_unified_dictionary(corpus_texts=texts, bpe=bpe, code_dict_size=cfg.code_dict_size,
                                                   num_bins=cfg.num_bins)
@@ -173,6 +187,11 @@ class UnivalTask(FairseqTask):
         else:
             encoder_json, vocab_bpe = default_bpe_files()
         return GPT2BPE(str(encoder_json), str(vocab_bpe))
+
+    @classmethod
+    def vocabulary_paths(cls, cfg: UnivalTaskConfig) -> List[Path]:
+        """The files whose texts make the vocabulary when no dict.txt is given: the training split's."""
+        return [cls.split_path(cfg, cfg.train_subset)]
 
     @classmethod
     def corpus_texts(cls, rows: Iterable[List[str]]) -> Iterable[str]:
@@ -222,6 +241,8 @@ class UnivalTask(FairseqTask):
     def build_model(self, cfg, from_checkpoint: bool = False):
         if not from_checkpoint:  # fairseq-train; generation and validation build from checkpoints
             refuse_tpu_run_without_torch_xla(self.cfg)
+        else:
+            forget_weight_files(cfg)
         model = super().build_model(cfg, from_checkpoint)
         self.adopt_model(model)
         return model

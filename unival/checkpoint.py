@@ -13,7 +13,7 @@ from fairseq.data import Dictionary
 
 from unival._compat import allow_checkpoint_types
 from unival.models.position import image_relative_buckets, token_relative_buckets
-from unival.models.unival import UnivalConfig, UnivalModel, architecture_defaults
+from unival.models.unival import WEIGHT_FILE_OPTIONS, UnivalConfig, UnivalModel, architecture_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def config_from_original(args: argparse.Namespace) -> UnivalConfig:
         raise CheckpointError(f"image encoder {encoder_name!r} of the checkpoint is not supported yet "
                               "(supported: resnet, timm_resnet)")
     values["image_drop_path_rate"] = getattr(args, "resnet_drop_path_rate", 0.0)
-    values["image_encoder_path"] = None
+    values.update(dict.fromkeys(WEIGHT_FILE_OPTIONS))
     values["video_encoder"] = _mapped_name(args, "video_encoder_name", ORIGINAL_VIDEO_ENCODERS)
     values["audio_encoder"] = _mapped_name(args, "audio_encoder_name", ORIGINAL_AUDIO_ENCODERS)
     for original, ours in AUDIO_OPTIONS.items():
@@ -131,7 +131,8 @@ def config_from_own(model_cfg: Dict[str, Any]) -> UnivalConfig:
     """Config of a checkpoint written by this project's training (a dict of UnivalConfig fields)."""
     known = set(architecture_defaults("unival_base"))
     values = {key: value for key, value in dict(model_cfg).items() if key in known}
-    values["image_encoder_path"] = None  # the weights are in the checkpoint itself
+    for option in WEIGHT_FILE_OPTIONS:
+        values[option] = None  # the weights are in the checkpoint itself
     return UnivalConfig(**values)
 
 

@@ -3,7 +3,8 @@
 import argparse
 import sys
 from dataclasses import dataclass
-from typing import Callable, List
+from functools import partial
+from typing import Callable, List, Tuple
 
 from unival.data_utils.prepare.common import MediaOptions, Written
 
@@ -166,6 +167,32 @@ def clotho_convert(args, media):
     return prepare_clotho(args.out, args.development, args.validation, args.evaluation, folders, media)
 
 
+def pretrain_arguments(parser):
+    from unival.data_utils.prepare.pretrain import INPUT_KINDS
+    parser.add_argument("--stream", required=True,
+                        help="name of the stream (image, video, audio...; letters, digits and underscores): the "
+                             "file is <out>/<stream>_<split>.tsv")
+    parser.add_argument("--split", default="train", help="split name of the file (default: %(default)s)")
+    inputs = parser.add_argument_group(
+        "inputs", "per-task TSV files, one or more after each option; a stream may mix kinds. Rows are written "
+                  "in the order of the command line, their ids prefixed by their file's stem (the dataset name). "
+                  "--embed-images embeds the images only: video and audio rows keep their paths.")
+    for kind, spec in INPUT_KINDS.items():
+        inputs.add_argument(f"--{kind}", dest="inputs", action="extend", nargs="+", metavar="TSV",
+                            type=partial(tagged_input, kind),
+                            help=f"rows {', '.join(spec.columns)} -> type {spec.type}")
+
+
+def tagged_input(kind: str, path: str) -> Tuple[str, str]:
+    """(kind, path): every input option adds to one list, so rows keep the order of the command line."""
+    return kind, path
+
+
+def pretrain_convert(args, media):
+    from unival.data_utils.prepare.pretrain import prepare_pretraining
+    return prepare_pretraining(args.out, args.stream, args.split, args.inputs or [], media)
+
+
 DATASETS = {
     "coco-caption": Dataset("COCO captions, Karpathy splits", "caption_{train,valid,test}.tsv", True,
                             coco_caption_arguments, coco_caption_convert),
@@ -186,6 +213,8 @@ DATASETS = {
                          audiocaps_arguments, audiocaps_convert),
     "clotho": Dataset("Clotho audio captions", "audio_caption_{train,valid,test}.tsv", False,
                       clotho_arguments, clotho_convert),
+    "pretrain": Dataset("pretraining streams for the unify task", "<stream>_<split>.tsv", True,
+                        pretrain_arguments, pretrain_convert),
 }
 
 

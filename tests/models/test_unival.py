@@ -203,6 +203,21 @@ def test_a_checkpoint_without_audio_weights_keeps_the_models_own_audio_encoder(c
         with_audio.load_state_dict(partial, strict=True)
 
 
+def test_a_model_without_an_audio_encoder_leaves_a_checkpoints_audio_weights_out(caplog):
+    """An image task finetuned from a model pretrained with audio (curriculum stage 3): the rest loads strictly."""
+    image_only = tiny_model()
+    with_audio = tiny_model(audio_encoder="cnn6", audio_sample_rate=16000, audio_fmax=8000.0)
+    state = {key: value + 1 if value.is_floating_point() else value for key, value in with_audio.state_dict().items()}
+    audio_keys = [key for key in state if ".embed_audios." in key or ".audio_proj." in key
+                  or ".embed_audio_positions." in key]
+    image_only.upgrade_state_dict_named(state, "")
+    assert audio_keys and not any(key in state for key in audio_keys)
+    image_only.load_state_dict(state, strict=True)
+    assert torch.equal(image_only.state_dict()["encoder.embed_tokens.weight"],
+                       with_audio.state_dict()["encoder.embed_tokens.weight"] + 1)
+    assert "has embed_audios weights but this model has no such encoder" in caplog.text
+
+
 def test_bfloat16_autocast_runs_every_modality_and_stays_close_to_float32():
     """What ``--autocast-bf16`` runs: image, video and audio encoders and the transformer in bfloat16 autocast
     give finite float32 gradients and logits within bfloat16 rounding of the float32 ones."""
@@ -256,3 +271,51 @@ def test_a_checkpoint_of_another_vocabulary_is_refused_with_the_reason():
     same = tiny_model()
     same.upgrade_state_dict_named(state, "")  # the same vocabulary loads
     same.load_state_dict(state)
+
+
+def test_video_and_audio_encoder_paths_load_their_weights_and_a_path_needs_its_encoder(tmp_path):
+    """--video-encoder-path and --audio-encoder-path were accepted and never read: the encoders kept random
+    weights (the curriculum's new encoders and the audio finetuning configs rely on them)."""
+    import torchvision.models.video as tv_video
+    from safetensors.torch import save_file
+
+    from unival.models.audio_encoders import PannBackbone
+
+    torch.manual_seed(3)
+    video_state = tv_video.r3d_18(weights=None).state_dict()
+    save_file({key: value.contiguous() for key, value in video_state.items()}, str(tmp_path / "r3d_18.safetensors"))
+    audio = PannBackbone("cnn6", sample_rate=16000, window_size=512, hop_size=160, fmax=8000.0)
+    with torch.no_grad():
+        for value in audio.state_dict().values():
+            if value.is_floating_point():
+                value.add_(0.5)
+    torch.save({"model": audio.state_dict()}, tmp_path / "Cnn6.pth")
+    options = dict(video_encoder="r3d_18", audio_encoder="cnn6", audio_sample_rate=16000, audio_window_size=512,
+                   audio_hop_size=160, audio_fmax=8000.0)
+    model = tiny_model(video_encoder_path=str(tmp_path / "r3d_18.safetensors"),
+                       audio_encoder_path=str(tmp_path / "Cnn6.pth"), **options)
+    videos = model.encoder.embed_videos.state_dict()
+    assert torch.equal(videos["stem.0.weight"], video_state["stem.0.weight"])
+    assert torch.equal(videos["layer4.1.conv2.1.running_var"], video_state["layer4.1.conv2.1.running_var"])
+    audios = model.encoder.embed_audios.state_dict()
+    loaded = [name for name in audio.state_dict() if not name.startswith(("spectrogram_", "logmel_"))]
+    assert "conv_block1.conv1.weight" in loaded  # the front end (STFT, mel filters) stays the model's own
+    for name in loaded:
+        assert torch.equal(audios[name], audio.state_dict()[name]), name
+    assert not torch.equal(tiny_model(**options).encoder.embed_videos.state_dict()["stem.0.weight"],
+                           video_state["stem.0.weight"])
+    with pytest.raises(ValueError, match="--audio-encoder-path .* given but the model has no audio encoder"):
+        tiny_model(audio_encoder_path=str(tmp_path / "Cnn6.pth"))
+
+
+def test_a_model_built_from_a_checkpoint_does_not_read_the_weight_files_of_its_training(tmp_path):
+    """fairseq-generate --path builds the model from the checkpoint's options: files named there may be gone."""
+    from omegaconf import OmegaConf
+
+    from unival.tasks.base import forget_weight_files
+
+    cfg = OmegaConf.create({"image_encoder_path": str(tmp_path / "gone.pth"), "video_encoder_path": None,
+                            "audio_encoder_path": str(tmp_path / "gone.pth"), "arch": "unival_tiny"})
+    OmegaConf.set_struct(cfg, True)
+    forget_weight_files(cfg)
+    assert cfg.image_encoder_path is None and cfg.audio_encoder_path is None and cfg.arch == "unival_tiny"

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# UnIVAL pretraining: the multimodal curriculum, one stage after the other, each starting from the last checkpoint of
+# the stage before (configs/pretrain/*.yaml hold every hyperparameter):
+#   stage1_image   image-text streams, lr 2e-4 (from BART_CHECKPOINT, bart.base/model.pt, as the paper; or from
+#                  INIT_CHECKPOINT, a unival checkpoint; else from scratch)
+#   stage2_video   adds the video-text stream, lr 1e-4 (new video encoder: VIDEO_ENCODER_PATH)
+#   stage3_audio   adds the audio-text stream, lr 1e-4 (new audio encoder: AUDIO_ENCODER_PATH)
+#   hires          480 px images, 16 frames at 384 px, lr 5e-5
+# Each stage writes SAVE_DIR/<stage>; finetune from SAVE_DIR/hires/checkpoint_last.pt.
+#
+# Data first: DATA holds one TSV per stream and split (image_train.tsv, video_train.tsv, audio_train.tsv and the
+# same with _valid), written by `unival prepare pretrain` from the tasks' TSV files, e.g.
+#   unival prepare pretrain --stream image --split train --caption caption_train.tsv --vqa vqa_train.tsv \
+#     --grounding refcoco_train.tsv --out "$DATA"
+# Without valid files pass --disable-validation.
+# Example:
+#   DATA=data/pretrain MEDIA_DIR=/datasets DICT_FILE=bart.base/dict.txt BART_CHECKPOINT=bart.base/model.pt \
+#   SAVE_DIR=runs/pretrain bash run_scripts/pretrain/train.sh
+# Optional: STAGES (the stages to run, in order; default all four), INIT_CHECKPOINT (a unival checkpoint to start
+# the first of them from), VIDEO_ENCODER_PATH (Kinetics weights for stage2_video's new video encoder),
+# AUDIO_ENCODER_PATH (PANN weights for stage3_audio's new audio encoder), and NUM_GPUS, PRECISION, NUM_WORKERS, MEDIA_DIR, DRY_RUN=1
+# (run_scripts/common.sh). The script's arguments go to every stage's fairseq-train (e.g. --max-update 1000).
+# A stopped run started again resumes the stage it stopped in (its checkpoint_last.pt) and skips finished ones.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+require_var DATA "folder of the stream TSVs (unival prepare pretrain --out)"
+require_var SAVE_DIR "folder for the stages' checkpoints and logs"
+require_var DICT_FILE "BART's dict.txt: every stage must use the same vocabulary (and finetuning too)"
+require_dir DATA
+require_file DICT_FILE
+stages="${STAGES:-stage1_image stage2_video stage3_audio hires}"
+unival="$(unival_command)"
+media_args
+previous="${INIT_CHECKPOINT:-}"
+[ -z "$previous" ] || require_file INIT_CHECKPOINT
+if [ -n "${BART_CHECKPOINT:-}" ]; then
+  require_file BART_CHECKPOINT
+  [ -z "$previous" ] || fail "BART_CHECKPOINT and INIT_CHECKPOINT both set: stage 1 starts from one of them"
+fi
+for stage in $stages; do
+  [ -f "$UNIVAL_CONFIGS/pretrain/$stage.yaml" ] || fail "STAGES: no stage $stage (configs/pretrain/$stage.yaml)"
+  hardware_args "pretrain/$stage"
+  options=(--dict-file "$DICT_FILE")
+  [ -z "$previous" ] || options+=(--finetune-from-model "$previous")
+  # pretrained weights go to the stage that adds the part they are for; later stages take it from the checkpoint
+  [ "$stage" != stage1_image ] || [ -z "${BART_CHECKPOINT:-}" ] || options+=(--bart-path "$BART_CHECKPOINT")
+  [ "$stage" != stage2_video ] || [ -z "${VIDEO_ENCODER_PATH:-}" ] || options+=(--video-encoder-path "$VIDEO_ENCODER_PATH")
+  [ "$stage" != stage3_audio ] || [ -z "${AUDIO_ENCODER_PATH:-}" ] || options+=(--audio-encoder-path "$AUDIO_ENCODER_PATH")
+  dry_run=()
+  [ "${DRY_RUN:-0}" = "0" ] || dry_run=(--dry-run)
+  echo "[pretrain] stage $stage -> $SAVE_DIR/$stage" >&2
+  "$unival" train "pretrain/$stage" --data "$DATA" --save-dir "$SAVE_DIR/$stage" "${dry_run[@]}" -- \
+    "${MEDIA_ARGS[@]}" "${HARDWARE_ARGS[@]}" "${options[@]}" "$@"
+  previous="$SAVE_DIR/$stage/checkpoint_last.pt"
+  [ "${DRY_RUN:-0}" != "0" ] || [ -f "$previous" ] || fail "stage $stage wrote no $previous"
+done
