@@ -156,11 +156,11 @@ class UnifyDataset(UnivalDataset):
             sample["id"] = uniq_id
         return {"samples": samples}
 
-    def media_entries(self, modality: str, field: Any, index: int) -> Dict[str, Any]:
-        """The model input of a row's media (a PIL image for images, the TSV field otherwise)."""
+    def media_entries(self, modality: str, field: str, index: int, image=None) -> Dict[str, Any]:
+        """The model input of a row's media column (``image``: the column's image, when already decoded)."""
         key, patch_type = MEDIA[modality]
         if modality == "image":
-            tensor = self.image_transform(field)
+            tensor = self.image_transform(image if image is not None else load_image(field, self.data_dir))
         else:
             rng = np.random.default_rng((self.seed, self.epoch, index)) if self.shuffle else None
             tensor = self.loaders[modality](field, rng)
@@ -187,8 +187,7 @@ class UnifyDataset(UnivalDataset):
         if not references:
             raise ValueError(f"empty caption {caption!r}")
         text = references[int(rng.integers(len(references)))] if self.shuffle else references[0]
-        media = self.media_entries(modality, load_image(field, self.data_dir) if modality == "image" else field,
-                                   index)
+        media = self.media_entries(modality, field, index)
         samples = [self.text_sample("caption", media, self.prompt(caption_prompt(modality)), " " + text)]
         if rng.random() < self.matching_ratio:
             wrong = self.wrong_caption(modality, text, references, row_objects(objects), index, rng)
@@ -207,8 +206,7 @@ class UnifyDataset(UnivalDataset):
         if not confidences:
             raise ValueError("a question without answers (pretraining rows need them)")
         answer = max(confidences, key=confidences.get)
-        media = self.media_entries(modality, load_image(field, self.data_dir) if modality == "image" else field,
-                                   index)
+        media = self.media_entries(modality, field, index)
         samples = [self.text_sample("qa", media, self.prompt(" " + text), " " + answer, conf=confidences[answer])]
         if rng.random() < self.matching_ratio:
             wrong = self.wrong_answer(modality, confidences, index, rng)
@@ -228,7 +226,7 @@ class UnifyDataset(UnivalDataset):
         box = checked_box(box, image.size)
         bins = box_to_bins(resize_box(box, image.size, self.patch_image_size), self.patch_image_size, self.num_bins)
         bin_tokens = torch.tensor(bins, dtype=torch.long) + self.first_bin
-        media = self.media_entries("image", image, index)  # resized, never cropped: the box must stay whole
+        media = self.media_entries("image", field, index, image)  # resized, never cropped: the box stays whole
         region = self.encode(REGION_CAPTION_PROMPT, append_bos=True)
         described = torch.cat([region, bin_tokens, region.new_tensor([self.eos])])
         return [self.text_sample("grounding", media, self.prompt(region_prompt(expression)), bin_tokens),

@@ -20,7 +20,8 @@
 # the first of them from), VIDEO_ENCODER_PATH (Kinetics weights for stage2_video's new video encoder),
 # AUDIO_ENCODER_PATH (PANN weights for stage3_audio's new audio encoder), and NUM_GPUS, PRECISION, NUM_WORKERS, MEDIA_DIR, DRY_RUN=1
 # (run_scripts/common.sh). The script's arguments go to every stage's fairseq-train (e.g. --max-update 1000).
-# A stopped run started again resumes the stage it stopped in (its checkpoint_last.pt) and skips finished ones.
+# A stopped run started again skips the stages that finished (SAVE_DIR/<stage>/finished) and resumes the one it
+# stopped in from its checkpoint_last.pt.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 require_var DATA "folder of the stream TSVs (unival prepare pretrain --out)"
@@ -48,9 +49,17 @@ for stage in $stages; do
   [ "$stage" != stage3_audio ] || [ -z "${AUDIO_ENCODER_PATH:-}" ] || options+=(--audio-encoder-path "$AUDIO_ENCODER_PATH")
   dry_run=()
   [ "${DRY_RUN:-0}" = "0" ] || dry_run=(--dry-run)
-  echo "[pretrain] stage $stage -> $SAVE_DIR/$stage" >&2
-  "$unival" train "pretrain/$stage" --data "$DATA" --save-dir "$SAVE_DIR/$stage" "${dry_run[@]}" -- \
-    "${MEDIA_ARGS[@]}" "${HARDWARE_ARGS[@]}" "${options[@]}" "$@"
+  done_file="$SAVE_DIR/$stage/finished"
+  if [ "${DRY_RUN:-0}" = "0" ] && [ -f "$done_file" ]; then
+    echo "[pretrain] stage $stage already finished ($done_file; delete it to train the stage further)" >&2
+  else
+    echo "[pretrain] stage $stage -> $SAVE_DIR/$stage" >&2
+    "$unival" train "pretrain/$stage" --data "$DATA" --save-dir "$SAVE_DIR/$stage" "${dry_run[@]}" -- \
+      "${MEDIA_ARGS[@]}" "${HARDWARE_ARGS[@]}" "${options[@]}" "$@"
+  fi
   previous="$SAVE_DIR/$stage/checkpoint_last.pt"
-  [ "${DRY_RUN:-0}" != "0" ] || [ -f "$previous" ] || fail "stage $stage wrote no $previous"
+  if [ "${DRY_RUN:-0}" = "0" ]; then
+    [ -f "$previous" ] || fail "stage $stage wrote no $previous"
+    date -u +"%Y-%m-%dT%H:%M:%SZ" > "$done_file"
+  fi
 done

@@ -93,6 +93,11 @@ def test_stage_one_learns_and_stage_two_adds_video_from_it(streams, tmp_path):
     first = tmp_path / "run" / "stage1_image" / "checkpoint_last.pt"
     stage1_weights = torch.load(first, map_location="cpu", weights_only=False)["model"]
     assert not any(".embed_videos." in key for key in stage1_weights)
+    # started again, the script leaves a finished stage as it is
+    stamp = first.stat().st_mtime_ns
+    again = run_script({**env, "STAGES": "stage1_image"}, *TINY, "--max-update", "10", "--total-num-update", "10")
+    assert "stage stage1_image already finished" in again and "fairseq" not in again
+    assert first.stat().st_mtime_ns == stamp
 
     stage2 = run_script({**env, "STAGES": "stage2_video", "INIT_CHECKPOINT": str(first)}, *TINY,
                         "--video-encoder", "r3d_18", "--num-frames", "2", "--patch-frame-size", "32",
