@@ -1,7 +1,8 @@
 """The GPU checks in one command, for the few minutes a GPU machine is lent (README, Performance, "Checking on a
 GPU"): a few fairseq-train updates under each precision option, fairseq-generate with a float16 model, the fused
-attention kernels against the math one, and the benchmarks in each precision with their MFU. Each check runs in its own process under a time limit; a table is
-printed and ``device_check.json`` says what ran, what it measured, and what failed with the end of its output.
+attention kernels against the math one, a few pretraining updates mixing an image and an audio stream in float16,
+and the benchmarks in each precision with their MFU. Each check runs in its own process under a time limit; a table
+is printed and ``device_check.json`` says what ran, what it measured, and what failed with the end of its output.
 
     python -m bench.device_check --out results            # on the GPU machine
     python -m bench.device_check --device cpu --quick     # the same plan at toy scale on a CPU (what the tests run)
@@ -179,6 +180,52 @@ def generation_check(plan: Plan, data: Path, test_images: int) -> Check:
     return Check("generate_fp16", command, 180, verify_generation(test_images))
 
 
+def verify_pretraining(updates: int, streams: List[str]) -> Callable[[str], Dict]:
+    """The training verdict, plus each stream's loss logged and finite at every update."""
+    check_losses = verify_training(updates)
+
+    def verify(output: str) -> Dict:
+        figures = check_losses(output)
+        for stream in streams:
+            losses = [float(value) for value in re.findall(rf"\| train_inner \| .*? loss_{stream}=([-\w.]+),", output)]
+            if len(losses) != figures["updates_logged"] or not all(math.isfinite(loss) for loss in losses):
+                raise AssertionError(f"loss_{stream}: {losses} for {figures['updates_logged']} logged updates")
+            figures[f"last_loss_{stream}"] = losses[-1]
+        return figures
+    return verify
+
+
+PRETRAINING_STREAMS = {"image": [("caption", "caption"), ("vqa", "vqa"), ("grounding", "refcoco")],
+                       "audio": [("audio-caption", "audio_caption")]}
+
+
+def write_pretraining_streams(data: Path, streams: Path) -> None:
+    """The image and audio training streams of task unify, from the demo corpus in ``data``."""
+    from unival.data_utils.prepare.pretrain import prepare_pretraining
+
+    for stream, inputs in PRETRAINING_STREAMS.items():
+        prepare_pretraining(streams, stream, "train", [(kind, data / f"{prefix}_train.tsv") for kind, prefix in inputs])
+
+
+def pretraining_check(plan: Plan, streams: Path, data: Path) -> Check:
+    """Pretraining (task unify) on an image and an audio stream in every batch, each stream's loss normalised on
+    its own, in the GPU's float16 (float32 on the CPU)."""
+    from unival.train import plugin_dir
+
+    options = [str(streams), "--user-dir", plugin_dir(), "--task", "unify", "--streams", "image,audio",
+               "--media-dir", str(data), "--arch", "unival_tiny", "--patch-image-size", "64", "--audio-encoder",
+               "cnn6", "--audio-sample-rate", "16000", "--audio-hop-size", "160", "--audio-window-size", "512",
+               "--audio-fmax", "8000", "--audio-clip-seconds", "1.0", "--max-src-length", "40", "--max-tgt-length",
+               "16", "--batch-size", "12", "--optimizer", "unival_adam", "--lr", "1e-3", "--lr-scheduler",
+               "polynomial_decay", "--warmup-updates", "2", "--total-num-update", "100", "--criterion",
+               "adjust_label_smoothed_cross_entropy", "--num-workers", "0", "--log-format", "simple",
+               "--log-interval", "1", "--seed", "1", "--max-update", str(plan.updates), "--disable-validation",
+               "--no-save", "--save-dir", str(plan.work / "train_pretrain")]
+    options += ["--cpu"] if plan.device == "cpu" else ["--fp16"]
+    return Check("train_pretrain", python_module("fairseq_cli.train", *options), 240,
+                 verify_pretraining(plan.updates, list(PRETRAINING_STREAMS)))
+
+
 def run_check(check: Check, threads: int, cwd: Path, seconds_left: float = math.inf) -> Dict:
     """Runs ``check`` for at most its own limit and ``seconds_left``; its verdict, figures and, if it failed, the
     end of its output."""
@@ -225,10 +272,11 @@ def plan_checks(plan: Plan) -> List[Check]:
 
     data = plan.work / "data"
     num_images = (32, 8, 8) if plan.quick else (64, 8, 16)
-    write_demo_corpus(data, seed=1, num_images=num_images, modalities=("image",))
+    write_demo_corpus(data, seed=1, num_images=num_images, num_audios=(16, 2, 2), modalities=("image", "audio"))
+    write_pretraining_streams(data, plan.work / "streams")
     # the GPU paths' correctness first, then the timings: a run cut short still says what matters most
     return (training_checks(plan, data) + [generation_check(plan, data, test_images=num_images[2])]
-            + attention_checks(plan) + bench_checks(plan))
+            + attention_checks(plan) + [pretraining_check(plan, plan.work / "streams", data)] + bench_checks(plan))
 
 
 def render(results: Dict) -> str:

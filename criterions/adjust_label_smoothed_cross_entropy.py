@@ -159,10 +159,9 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         token_streams = stream_ids[rows]
         sums = loss.new_zeros(len(names)).index_add(0, token_streams, loss)
         sizes = torch.bincount(stream_ids if self.sentence_avg else token_streams, minlength=len(names))
-        per_stream = sums / sizes.clamp(min=1).to(sums)
-        present = sizes > 0
-        return per_stream[present].sum(), {name: per_stream[number] for number, name in enumerate(names)
-                                           if present[number]}
+        per_stream = sums / sizes.clamp(min=1).to(sums)  # 0 for a stream without tokens in this batch
+        present = (sizes > 0).tolist()
+        return per_stream.sum(), {name: per_stream[number] for number, name in enumerate(names) if present[number]}
 
     def token_losses(self, lprobs: Tensor, target: Tensor, allowed: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Per-token ``(loss, nll_loss)`` of the scored positions; subclasses add terms to the loss here."""

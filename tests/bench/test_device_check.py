@@ -43,6 +43,8 @@ def test_the_cuda_plan_runs_every_precision_on_the_gpu(device_check, tmp_path):
                for command in training.values())
     assert training["train_fp16"][-5:] == ["--fp16", "--store-ema", "--ema-decay", "0.99", "--ema-fp32"]
     assert training["train_autocast_bf16"][-1] == "--autocast-bf16"
+    pretraining = device_check.pretraining_check(plan, tmp_path / "streams", tmp_path / "data").command
+    assert pretraining[-1] == "--fp16" and "--cpu" not in pretraining
     assert training["train_autocast_bf16_compiled"][-2:] == ["--autocast-bf16", "--compile-layers"]
     assert not any("--bf16" in command for command in training.values())  # fairseq's --bf16 is a TPU run
     generate = device_check.generation_check(plan, tmp_path / "data", test_images=16).command
@@ -50,7 +52,7 @@ def test_the_cuda_plan_runs_every_precision_on_the_gpu(device_check, tmp_path):
     # correctness before timings, so that a run cut short by the machine's time limit keeps the checks that matter
     names = [check.name for check in device_check.plan_checks(plan)]
     assert names == list(training) + ["generate_fp16", "attention_bf16", "attention_fp16", "attention_fp32",
-                                      "bench_bf16", "bench_fp16", "bench_fp32"]
+                                      "train_pretrain", "bench_bf16", "bench_fp16", "bench_fp32"]
 
 
 def test_cuda_is_refused_where_torch_sees_none(device_check, monkeypatch, tmp_path):
@@ -69,6 +71,28 @@ def test_toy_run_on_the_cpu_trains_generates_and_reports(device_check, tmp_path,
     assert checks["train_fp32"]["ok"] and checks["train_fp32"]["last_loss"] < checks["train_fp32"]["first_loss"]
     assert checks["generate_fp16"] == {**checks["generate_fp16"], "ok": True, "hypotheses": 8}
     assert "| generate_fp16 | ok |" in capsys.readouterr().out
+
+
+def test_pretraining_verdict_wants_every_streams_loss_at_every_update(device_check):
+    verify = device_check.verify_pretraining(updates=3, streams=["image", "audio"])
+    lines = "".join(f"x | train_inner | epoch 001: {i} / 9 loss={loss}, nll_loss=1.0, loss_image={image}, "
+                    f"loss_audio={audio}, ppl=2\n" for i, (loss, image, audio) in
+                    enumerate([(20.0, 10.5, 9.5), (18.0, 9.0, 9.0), (16.0, 8.5, 7.5)], 1))
+    assert verify(lines) == {"updates_logged": 3, "first_loss": 20.0, "last_loss": 16.0, "last_loss_image": 8.5,
+                             "last_loss_audio": 7.5}
+    with pytest.raises(AssertionError, match="loss_audio: \\[\\] for 3 logged updates"):
+        verify(lines.replace("loss_audio", "loss_video"))
+
+
+@pytest.mark.e2e
+def test_toy_pretraining_check_trains_an_image_and_an_audio_stream(device_check, tmp_path):
+    status = device_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--only", "train_pretrain"])
+    results = json.loads((tmp_path / "device_check.json").read_text())
+    assert status == 0, results
+    record = results["checks"]["train_pretrain"]
+    assert list(results["checks"]) == ["train_pretrain"] and record["ok"]
+    assert record["last_loss"] < record["first_loss"] and record["updates_logged"] == 6
+    assert record["last_loss"] == pytest.approx(record["last_loss_image"] + record["last_loss_audio"], abs=0.01)
 
 
 def test_an_unknown_check_is_named(device_check, tmp_path):
