@@ -254,7 +254,13 @@ def load_checkpoint_and_task_options(path: Union[str, Path], ema: bool = False,
         return load_safetensors(path, dictionary=dictionary), None
     state = read_checkpoint(path, allow_unsafe=allow_unsafe)
     model, _ = build_from_checkpoint(state, ema=ema, dictionary=dictionary, source=str(path))
+    return model.eval(), stored_task_options(state)
+
+
+def stored_task_options(state: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The task options a checkpoint was trained with (fairseq's ``cfg['task']``, or the original's argument
+    namespace); None when it holds none."""
     task = state["cfg"].get("task") if state.get("cfg") else state.get("args")
     if isinstance(task, argparse.Namespace):
         task = vars(task)
-    return model.eval(), (dict(task) if task else None)
+    return dict(task) if task else None

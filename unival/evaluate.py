@@ -8,7 +8,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -18,6 +18,7 @@ from unival.data_utils.transforms import bins_to_box, parse_box, resize_box
 from unival.data_utils.tsv import TSVReader
 from unival.metrics import CAPTION_METRICS, DEFAULT_JAVA_TIMEOUT, check_same_ids, score_captions
 from unival.task_metrics import entailment_accuracy, grounding_accuracy
+from unival.tasks.base import INPUT_OPTIONS
 from unival.tasks.caption import REFERENCE_SEPARATOR
 from unival.tasks.refcoco import bins_from_text
 from unival.tasks.vqa_gen import vqa_score
@@ -398,22 +399,55 @@ def evaluate_files(args) -> Dict:
     return evaluation.score(values, references, args)
 
 
+def adopted_input_options(task: str, trained_with: Mapping[str, Any], given: Sequence[str]) -> List[str]:
+    """Arguments for the options that change the model's inputs (image size, frames, clip length, bins...) which
+    the training run set to another value than the task's default and ``given`` (the command line and --config)
+    does not set: the model then gets the inputs it was trained on."""
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    fields = TASK_DATACLASS_REGISTRY[task].__dataclass_fields__
+    given_flags = {argument.split("=")[0] for argument in given if argument.startswith("--")}
+    argv: List[str] = []
+    for name in INPUT_OPTIONS:
+        flag = "--" + name.replace("_", "-")
+        value = trained_with.get(name)
+        if name not in fields or value is None or flag in given_flags or value == fields[name].default:
+            continue
+        if isinstance(fields[name].default, bool):
+            argv += [flag] if value is True else []  # a flag cannot be turned off: left to the warning
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def evaluate_checkpoint(args) -> Dict:
     """Loads a model, predicts ``--split`` of ``--data`` with the task built from ``--task`` and the options after
     ``--`` (as fairseq-generate would), and scores the predictions: finetuned and zero-shot evaluation alike."""
-    from unival.checkpoint import load_checkpoint_and_task_options
+    from unival.checkpoint import (build_from_checkpoint, load_checkpoint_and_task_options, read_checkpoint,
+                                   stored_task_options)
     from unival.generate import build_task, generate_split
 
     if not args.data:
         raise InputError("--checkpoint needs --data (the folder of the task's TSV files)")
     from unival.train import task_options_argv
 
-    config_argv = task_options_argv(args.config) if args.config else []
-    task = build_task(args.task, args.data, config_argv + list(args.passthrough))
-    model, trained_with = load_checkpoint_and_task_options(args.checkpoint, ema=args.ema,
-                                                           dictionary=task.target_dictionary)
+    given = (task_options_argv(args.config) if args.config else []) + list(args.passthrough)
+    if Path(args.checkpoint).is_dir():  # a folder of `unival convert`: no task options stored
+        state, trained_with = None, None
+    else:
+        state = read_checkpoint(args.checkpoint)
+        trained_with = stored_task_options(state)
+    adopted = adopted_input_options(args.task, trained_with or {}, given)
+    if adopted:
+        print(f"[unival evaluate] as in the checkpoint's training run: {' '.join(adopted)}", flush=True)
+    task = build_task(args.task, args.data, given + adopted)
+    if state is None:
+        model, _ = load_checkpoint_and_task_options(args.checkpoint, ema=args.ema, dictionary=task.target_dictionary)
+    else:
+        model = build_from_checkpoint(state, ema=args.ema, dictionary=task.target_dictionary,
+                                      source=str(args.checkpoint))[0].eval()
     if trained_with:
-        task.warn_about_training_options(trained_with)  # as fairseq-generate does: image size, frames...
+        task.warn_about_training_options(trained_with)  # those given otherwise than in training
     if torch.cuda.is_available() and not args.cpu:
         model = model.cuda()
     model = in_precision(model, args)

@@ -101,9 +101,12 @@ def test_merged_checkpoints_are_scored_and_finetuned_from_the_command_line(corpu
     merged = tmp_path / "merged.pt"
     run([str(BIN / "unival"), "merge", str(save_dir / "checkpoint1.pt"), str(save_dir / "checkpoint3.pt"),
          "--weights", "0.5", "--out", str(merged)], tmp_path)
-    run([str(BIN / "unival"), "evaluate", "--task", "caption", "--checkpoint", str(merged), "--data", str(corpus),
-         "--split", "test", "--metrics", "CIDEr", "--output", str(tmp_path / "scores.json"), "--",
-         "--tsv-prefix", "caption", "--patch-image-size", "64", "--eval-beam", "2", "--eval-max-len", "16"], tmp_path)
+    # no --patch-image-size: taken from the checkpoint's training run (64 px, not the task's default 384)
+    evaluated = run([str(BIN / "unival"), "evaluate", "--task", "caption", "--checkpoint", str(merged), "--data",
+                     str(corpus), "--split", "test", "--metrics", "CIDEr", "--output", str(tmp_path / "scores.json"),
+                     "--", "--tsv-prefix", "caption", "--eval-beam", "2", "--eval-max-len", "16"], tmp_path)
+    assert "as in the checkpoint's training run: --patch-image-size 64" in evaluated.stdout
+    assert "the model was trained with" not in evaluated.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["num_predictions"] == 24 and scores["scores"]["CIDEr"] > 0
     result = run([str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir",

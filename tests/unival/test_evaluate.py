@@ -337,3 +337,20 @@ def test_python_dash_m_unival_cli_evaluate(tmp_path, generate_file):
     assert "BLEU-4" in done.stdout
     # T- references: samples 0 and 1 exact (7 and 8 words), sample 2 empty against its 8-word reference.
     assert json.loads(output.read_text())["scores"]["BLEU-1"] == pytest.approx(math.exp(1 - 23 / 15), abs=1e-6)
+
+
+def test_evaluating_a_checkpoint_takes_the_input_options_of_its_training_unless_given():
+    from unival.evaluate import adopted_input_options
+
+    trained = {"patch_image_size": 64, "num_frames": 16, "num_bins": 1000, "imagenet_default_mean_and_std": True,
+               "tsv_prefix": "caption", "lr": [1e-3]}
+    # num_frames: not a caption option; num_bins: the default; tsv_prefix and lr: not options of the inputs
+    assert adopted_input_options("caption", trained, []) == ["--patch-image-size", "64",
+                                                             "--imagenet-default-mean-and-std"]
+    assert adopted_input_options("caption", trained, ["--patch-image-size", "96"]) == [
+        "--imagenet-default-mean-and-std"]
+    assert adopted_input_options("caption", trained, ["--patch-image-size=96", "--imagenet-default-mean-and-std"]) == []
+    assert adopted_input_options("video_caption", trained, []) == ["--patch-image-size", "64",
+                                                                   "--imagenet-default-mean-and-std",
+                                                                   "--num-frames", "16"]
+    assert adopted_input_options("caption", {}, []) == []
