@@ -353,8 +353,9 @@ class UnifyTask(AudioInput, UnivalTask):
         name = f"{cfg.tsv_prefix}_{stream}_{split}.tsv" if cfg.tsv_prefix else f"{stream}_{split}.tsv"
         path = Path(cfg.data) / name
         if not path.is_file():
+            hint = "; without validation data pass --disable-validation" if split in cfg.valid_subset.split(",") else ""
             raise FileNotFoundError(f"stream {stream!r}, split {split!r}: {path} not found (data folder {cfg.data}, "
-                                    f"--streams {cfg.streams})")
+                                    f"--streams {cfg.streams}){hint}")
         return path
 
     @classmethod

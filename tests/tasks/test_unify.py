@@ -202,6 +202,9 @@ def test_bad_rows_name_file_and_line_or_are_skipped_and_counted(streams, tmp_pat
 def test_streams_and_options_are_checked(streams):
     with pytest.raises(FileNotFoundError, match="stream 'speech', split 'train': .*speech_train.tsv not found"):
         unify_task(streams, streams="image,speech")
+    task = unify_task(streams, valid_subset="test")
+    with pytest.raises(FileNotFoundError, match="image_test.tsv not found .*pass --disable-validation"):
+        task.load_dataset("test")
     with pytest.raises(ValueError, match="a stream is named twice"):
         unify_task(streams, streams="image,image")
     with pytest.raises(ValueError, match="--matching-ratio must be in"):
