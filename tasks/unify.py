@@ -353,7 +353,8 @@ class UnifyTask(AudioInput, UnivalTask):
         name = f"{cfg.tsv_prefix}_{stream}_{split}.tsv" if cfg.tsv_prefix else f"{stream}_{split}.tsv"
         path = Path(cfg.data) / name
         if not path.is_file():
-            hint = "; without validation data pass --disable-validation" if split in cfg.valid_subset.split(",") else ""
+            validating = split in cfg.valid_subset.split(",")
+            hint = "; without validation data pass --disable-validation" if validating else ""
             raise FileNotFoundError(f"stream {stream!r}, split {split!r}: {path} not found (data folder {cfg.data}, "
                                     f"--streams {cfg.streams}){hint}")
         return path
@@ -378,7 +379,11 @@ class UnifyTask(AudioInput, UnivalTask):
             elif kind.endswith("qa"):
                 question = normalize_question(row[3])
                 yield " " + question
-                for answer in answer_confidences(row[4]):
+                try:
+                    answers = answer_confidences(row[4])
+                except ValueError:
+                    continue  # reported, with its file and line, when the row is read
+                for answer in answers:
                     yield " " + answer
                     yield answer_matching_prompt(question.rstrip("?").strip(), answer)
             else:

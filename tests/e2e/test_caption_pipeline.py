@@ -203,12 +203,15 @@ def test_generate_names_a_different_vocabulary_and_image_size(corpus, trained, t
     # trained at 64 px, generated at the default 384: warned (the run then stops: the grid exceeds the position buckets)
     other_size = subprocess.run(generate, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert "trained with --patch-image-size 64 but this run uses --patch-image-size" in other_size.stderr
-    # unival evaluate --checkpoint compares with the checkpoint's task options too
+    # unival evaluate --checkpoint compares the options it is given with the checkpoint's too (those not given it
+    # takes from the checkpoint)
     evaluate = subprocess.run([str(BIN / "unival"), "evaluate", "--task", "caption", "--checkpoint",
                                str(save_dir / "checkpoint_best.pt"), "--data", str(corpus), "--split", "test",
-                               "--cpu", "--", "--tsv-prefix", "caption", "--eval-max-len", "4"],
+                               "--cpu", "--", "--tsv-prefix", "caption", "--eval-max-len", "4",
+                               "--patch-image-size", "96"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert "trained with --patch-image-size 64 but this run uses --patch-image-size 384" in evaluate.stderr
+    assert "trained with --patch-image-size 64 but this run uses --patch-image-size 96" in evaluate.stderr
+    assert "as in the checkpoint's training run" not in evaluate.stdout
 
 
 @pytest.mark.parametrize("choice", ["auto", "glibc"])

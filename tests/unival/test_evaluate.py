@@ -349,7 +349,8 @@ def test_evaluating_a_checkpoint_takes_the_input_options_of_its_training_unless_
                                                              "--imagenet-default-mean-and-std"]
     assert adopted_input_options("caption", trained, ["--patch-image-size", "96"]) == [
         "--imagenet-default-mean-and-std"]
-    assert adopted_input_options("caption", trained, ["--patch-image-size=96", "--imagenet-default-mean-and-std"]) == []
+    given = ["--patch-image-size=96", "--imagenet-default-mean-and-std"]
+    assert adopted_input_options("caption", trained, given) == []
     assert adopted_input_options("video_caption", trained, []) == ["--patch-image-size", "64",
                                                                    "--imagenet-default-mean-and-std",
                                                                    "--num-frames", "16"]
