@@ -93,6 +93,17 @@ def test_data_loading(bench, capsys, tmp_path):
     assert output["results"]["video"]["frames_per_s"] == pytest.approx(2 * output["results"]["video"]["items_per_s"])
 
 
+def test_pretrain_step_times_both_sides_on_the_same_mixed_batch(bench, capsys):
+    output = bench("pretrain_step").main(["--streams", "image,audio", "--rows", "1", "--steps", "1", "--warmup", "0",
+                                          "--image-size", "32", "--threads", "1"])
+    assert printed_json(capsys) == output
+    assert output["one_pass_median_s"] > 0 and output["per_stream_median_s"] > 0
+    assert output["per_stream_over_one_pass"] == pytest.approx(
+        output["per_stream_median_s"] / output["one_pass_median_s"], rel=0.01)
+    # one image sample with placeholders for every audio sample and the other way round
+    assert output["media_bytes"] < output["media_bytes_with_placeholders"] and output["samples"] >= 2
+
+
 def test_run_all_table_lists_every_measurement(bench):
     row = {"median_s": 2.0, "min_s": 1.5, "reference_s": 4.0, "speedup": 2.0, "fraction_of_peak": 0.25,
            "fraction_of_peak_best": 0.3}
