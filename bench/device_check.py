@@ -195,16 +195,7 @@ def verify_pretraining(updates: int, streams: List[str]) -> Callable[[str], Dict
     return verify
 
 
-PRETRAINING_STREAMS = {"image": [("caption", "caption"), ("vqa", "vqa"), ("grounding", "refcoco")],
-                       "audio": [("audio-caption", "audio_caption")]}
-
-
-def write_pretraining_streams(data: Path, streams: Path) -> None:
-    """The image and audio training streams of task unify, from the demo corpus in ``data``."""
-    from unival.data_utils.prepare.pretrain import prepare_pretraining
-
-    for stream, inputs in PRETRAINING_STREAMS.items():
-        prepare_pretraining(streams, stream, "train", [(kind, data / f"{prefix}_train.tsv") for kind, prefix in inputs])
+PRETRAINING_STREAMS = ["image", "audio"]  # decord and PyAV are not in the device bundle: no video stream
 
 
 def pretraining_check(plan: Plan, streams: Path, data: Path) -> Check:
@@ -212,7 +203,7 @@ def pretraining_check(plan: Plan, streams: Path, data: Path) -> Check:
     its own, in the GPU's float16 (float32 on the CPU)."""
     from unival.train import plugin_dir
 
-    options = [str(streams), "--user-dir", plugin_dir(), "--task", "unify", "--streams", "image,audio",
+    options = [str(streams), "--user-dir", plugin_dir(), "--task", "unify", "--streams", ",".join(PRETRAINING_STREAMS),
                "--media-dir", str(data), "--arch", "unival_tiny", "--patch-image-size", "64", "--audio-encoder",
                "cnn6", "--audio-sample-rate", "16000", "--audio-hop-size", "160", "--audio-window-size", "512",
                "--audio-fmax", "8000", "--audio-clip-seconds", "1.0", "--max-src-length", "40", "--max-tgt-length",
@@ -223,7 +214,7 @@ def pretraining_check(plan: Plan, streams: Path, data: Path) -> Check:
                "--no-save", "--save-dir", str(plan.work / "train_pretrain")]
     options += ["--cpu"] if plan.device == "cpu" else ["--fp16"]
     return Check("train_pretrain", python_module("fairseq_cli.train", *options), 240,
-                 verify_pretraining(plan.updates, list(PRETRAINING_STREAMS)))
+                 verify_pretraining(plan.updates, PRETRAINING_STREAMS))
 
 
 def run_check(check: Check, threads: int, cwd: Path, seconds_left: float = math.inf) -> Dict:
@@ -273,7 +264,8 @@ def plan_checks(plan: Plan) -> List[Check]:
     data = plan.work / "data"
     num_images = (32, 8, 8) if plan.quick else (64, 8, 16)
     write_demo_corpus(data, seed=1, num_images=num_images, num_audios=(16, 2, 2), modalities=("image", "audio"))
-    write_pretraining_streams(data, plan.work / "streams")
+    from bench.pretrain_step import write_streams
+    write_streams(data, plan.work / "streams", PRETRAINING_STREAMS)
     # the GPU paths' correctness first, then the timings: a run cut short still says what matters most
     return (training_checks(plan, data) + [generation_check(plan, data, test_images=num_images[2])]
             + attention_checks(plan) + [pretraining_check(plan, plan.work / "streams", data)] + bench_checks(plan))

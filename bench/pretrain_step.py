@@ -26,20 +26,26 @@ STREAM_INPUTS = {
 }
 
 
+def write_streams(media: Path, out: Path, streams: List[str]) -> None:
+    """The training files of ``streams`` (task unify) in ``out``, from the demo corpus in ``media``."""
+    from unival.data_utils.prepare.pretrain import prepare_pretraining
+
+    for stream in streams:
+        prepare_pretraining(out, stream, "train",
+                            [(kind, media / f"{prefix}_train.tsv") for kind, prefix in STREAM_INPUTS[stream]])
+
+
 def build(folder: Path, streams: List[str], rows: int, image_size: int):
     """(task, model, criterion, mixed batch, the per-stream batches) on a demo corpus written into ``folder``."""
     from unival.criterions.adjust_label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropyCriterion
     from unival.data_utils.demo_corpus import write_demo_corpus
-    from unival.data_utils.prepare.pretrain import prepare_pretraining
     from unival.models.unival import UnivalConfig, UnivalModel, architecture_defaults
     from unival.tasks.unify import UnifyConfig, UnifyTask
 
     media = folder / "corpus"
     write_demo_corpus(media, seed=3, num_images=(4 * rows, 1, 1), num_videos=(2 * rows, 1, 1),
                       num_audios=(2 * rows, 1, 1), modalities=tuple(streams))
-    for stream in streams:
-        prepare_pretraining(folder / "streams", stream, "train",
-                            [(kind, media / f"{prefix}_train.tsv") for kind, prefix in STREAM_INPUTS[stream]])
+    write_streams(media, folder / "streams", streams)
     task = UnifyTask.setup_task(UnifyConfig(
         data=str(folder / "streams"), media_dir=str(media), streams=",".join(streams), patch_image_size=image_size,
         train_subset="train", valid_subset="valid", seed=1, num_frames=4, patch_frame_size=64,

@@ -41,15 +41,21 @@ def padded_tokens(key: str) -> Callable:
     return collate
 
 
+def present_media(key: str, samples: List[dict]) -> List[torch.Tensor]:
+    """The ``key`` tensors of the samples that have one, in batch order; ValueError when their shapes differ."""
+    present = [sample[key] for sample in samples if sample.get(key) is not None]
+    shapes = {tuple(value.shape) for value in present}
+    if len(shapes) > 1:
+        raise ValueError(f"{key!r} tensors of different shapes in one batch: {sorted(shapes)}")
+    return present
+
+
 def stacked_media(key: str) -> Callable:
     """(B, ...) stack of the ``key`` tensors, zeros for samples without one; None when no sample has one."""
     def collate(dataset: "UnivalDataset", samples: List[dict]) -> Optional[torch.Tensor]:
-        present = [sample[key] for sample in samples if sample.get(key) is not None]
+        present = present_media(key, samples)
         if not present:
             return None
-        shapes = {tuple(value.shape) for value in present}
-        if len(shapes) > 1:
-            raise ValueError(f"{key!r} tensors of different shapes in one batch: {sorted(shapes)}")
         zeros = torch.zeros_like(present[0])
         return torch.stack([zeros if sample.get(key) is None else sample[key] for sample in samples])
     return collate
@@ -59,13 +65,8 @@ def compact_media(key: str) -> Callable:
     """(M, ...) stack of the ``key`` tensors of the M samples that have one, in batch order (no placeholder rows
     for the others: the model takes their rows by ``patch_types``); None when no sample has one."""
     def collate(dataset: "UnivalDataset", samples: List[dict]) -> Optional[torch.Tensor]:
-        present = [sample[key] for sample in samples if sample.get(key) is not None]
-        if not present:
-            return None
-        shapes = {tuple(value.shape) for value in present}
-        if len(shapes) > 1:
-            raise ValueError(f"{key!r} tensors of different shapes in one batch: {sorted(shapes)}")
-        return torch.stack(present)
+        present = present_media(key, samples)
+        return torch.stack(present) if present else None
     return collate
 
 

@@ -3,11 +3,12 @@ decoded with exactly four bins (beam 5); Acc@0.5 overall and by box size in vali
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 from fairseq.tasks import register_task
+from PIL import Image
 
 from unival.constrained import RangeConstraint, constrained_generator
 from unival.data_utils.dataset import MediaTextDataset
@@ -40,6 +41,21 @@ def bins_from_text(text: str) -> List[int]:
     return bins
 
 
+def read_region(text: str, box_text: str, image_field: str, data_dir: Optional[str], patch_image_size: int,
+                num_bins: int, max_words: int) -> Tuple[str, Image.Image, Tuple[float, ...], List[int]]:
+    """(normalised expression, decoded image, box clipped to the image, its four bins in the image resized to a
+    ``patch_image_size`` square) of a grounding row's text, box and image columns; ValueError for an empty
+    expression, a malformed box or one outside the image."""
+    expression = normalize_phrase(text, max_words)
+    if not expression:
+        raise ValueError(f"empty referring expression {text!r}")
+    box = parse_box(box_text)
+    image = load_image(image_field, data_dir)
+    box = checked_box(box, image.size)
+    resized = resize_box(box, image.size, patch_image_size)
+    return expression, image, box, box_to_bins(resized, patch_image_size, num_bins)
+
+
 @dataclass
 class RefcocoConfig(UnivalTaskConfig):
     eval_acc: bool = field(default=True, metadata={"help": "report Acc@0.5 (overall and by box size) of the boxes "
@@ -70,14 +86,8 @@ class RefcocoDataset(MediaTextDataset):
         if len(row) < 5:
             raise ValueError(f"expected columns id, image id, text, box x0,y0,x1,y1, image; got {len(row)}")
         uniq_id, _, text, box_text, image_field = row[:5]
-        expression = normalize_phrase(text, self.max_src_length)
-        if not expression:
-            raise ValueError(f"empty referring expression {text!r}")
-        box = parse_box(box_text)
-        image = load_image(image_field, self.data_dir)
-        box = checked_box(box, image.size)
-        resized = resize_box(box, image.size, self.patch_image_size)
-        bins = box_to_bins(resized, self.patch_image_size, self.num_bins)
+        expression, image, box, bins = read_region(text, box_text, image_field, self.data_dir,
+                                                   self.patch_image_size, self.num_bins, self.max_src_length)
         target, prev_output_tokens = self.target_and_prev_output_tokens(torch.tensor(bins) + self.first_bin)
         return {
             "id": uniq_id,

@@ -18,13 +18,12 @@ from unival.data_utils.dataset import BATCH_FIELDS, BatchField, UnivalDataset, c
 from unival.data_utils.media import load_image
 from unival.data_utils.mixture import StreamMixture, parse_stream_weights
 from unival.data_utils.prepare.pretrain import UNIFY_COLUMNS
-from unival.data_utils.transforms import box_to_bins, checked_box, parse_box, resize_box
 from unival.data_utils.tsv import TSVFormatError, TSVReader
 from unival.data_utils.vocab import first_bin_index, normalize_caption, normalize_phrase, normalize_question
 from unival.tasks.audio_caption import AudioInput
 from unival.tasks.base import UnivalTask, UnivalTaskConfig
 from unival.tasks.caption import REFERENCE_SEPARATOR
-from unival.tasks.refcoco import region_prompt
+from unival.tasks.refcoco import read_region, region_prompt
 from unival.tasks.video_caption import VideoOptions, video_loader
 
 logger = logging.getLogger(__name__)
@@ -218,13 +217,8 @@ class UnifyDataset(UnivalDataset):
         return samples
 
     def grounding_samples(self, field: str, text: str, box_text: str, index: int) -> List[Dict[str, Any]]:
-        expression = normalize_phrase(text, self.max_src_length)
-        if not expression:
-            raise ValueError(f"empty region text {text!r}")
-        box = parse_box(box_text)
-        image = load_image(field, self.data_dir)
-        box = checked_box(box, image.size)
-        bins = box_to_bins(resize_box(box, image.size, self.patch_image_size), self.patch_image_size, self.num_bins)
+        expression, image, _, bins = read_region(text, box_text, field, self.data_dir, self.patch_image_size,
+                                                 self.num_bins, self.max_src_length)
         bin_tokens = torch.tensor(bins, dtype=torch.long) + self.first_bin
         media = self.media_entries("image", field, index, image)  # resized, never cropped: the box stays whole
         region = self.encode(REGION_CAPTION_PROMPT, append_bos=True)
