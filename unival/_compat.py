@@ -10,6 +10,7 @@ import argparse
 import collections
 import functools
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -46,7 +47,12 @@ def restore_log_level() -> None:
         logging.root.setLevel(wanted)
 
 
-import fairseq.models  # noqa: E402  (the import that changes the log level)
+with warnings.catch_warnings():
+    # fairseq decorates a function with torch.jit.script at import, which torch 2.14 warns is deprecated: a line
+    # of noise at the start of every `unival` command that says nothing about the user's code (fairseq-train
+    # imports fairseq before any plugin, so it still prints it)
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    import fairseq.models  # noqa: E402  (the import that changes the log level)
 
 restore_log_level()
 

@@ -44,7 +44,8 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
     save_dir = tmp_path_factory.mktemp("run")
-    train = [str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir", str(save_dir)]
+    train = [str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir", str(save_dir),
+             "--tensorboard-logdir", str(save_dir / "tensorboard")]
     first = run(train + TRAIN_OPTIONS + ["--max-epoch", "1"], save_dir)
     # a second call continues from checkpoint_last.pt: an interrupted run resumes where it stopped
     second = run(train + TRAIN_OPTIONS + ["--max-epoch", "3"], save_dir)
@@ -62,6 +63,36 @@ def test_training_logs_validation_cider_and_resumes(trained):
     assert "| epoch 003 |" in second_log and "| epoch 001 |" not in second_log
     assert (save_dir / "checkpoint_best.pt").is_file() and (save_dir / "checkpoint_last.pt").is_file()
     assert not list(save_dir.glob("*.tmp")), "checkpoints are written through a temporary file"
+
+
+def tensorboard_scalars(folder):
+    """{tag: [(step, value), ...]} of the TensorBoard event files in ``folder`` (records: length, its CRC, an Event
+    protobuf, its CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            length = int.from_bytes(data[offset:offset + 8], "little")
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_logs_training_loss_and_validation_cider(trained):
+    """fairseq-train --tensorboard-logdir writes the curves (tensorboardX is a dependency: without it fairseq only
+    warns), and the resumed run continues them."""
+    save_dir, first_log, second_log = trained
+    assert "tensorboard not found" not in first_log + second_log
+    train = tensorboard_scalars(save_dir / "tensorboard" / "train_inner")
+    steps = [step for step, _ in train["loss"]]
+    assert steps == list(range(10, 91, 10)), "--log-interval 10 over 90 updates, the resumed run included"
+    assert train["loss"][-1][1] < train["loss"][0][1] - 1.0
+    valid = tensorboard_scalars(save_dir / "tensorboard" / "valid")
+    assert [step for step, _ in valid["cider"]] == [30, 60, 90] and all(value >= 0 for _, value in valid["cider"])
 
 
 def test_generate_and_evaluate_from_the_command_line(corpus, trained, tmp_path):
