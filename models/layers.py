@@ -13,6 +13,7 @@ from timm.layers import DropPath
 from torch import Tensor
 
 from unival.models import cpu_linear
+from unival.models.peft import Adapter
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
@@ -232,19 +233,22 @@ def drop_path_rates(max_rate: float, num_layers: int):
 
 
 class FeedForward(nn.Module):
-    """fc1 -> GELU -> (LayerNorm, NormFormer) -> fc2; a mixin of the encoder and decoder layers."""
+    """fc1 -> GELU -> (LayerNorm, NormFormer) -> fc2 (-> adapter); a mixin of the encoder and decoder layers."""
 
-    def _build_ffn(self, embed_dim: int, ffn_dim: int, scale_fc: bool, activation_dropout: float) -> None:
+    def _build_ffn(self, embed_dim: int, ffn_dim: int, scale_fc: bool, activation_dropout: float,
+                   adapter_dim: int = 0) -> None:
         self.fc1 = Linear(embed_dim, ffn_dim)
         self.fc2 = Linear(ffn_dim, embed_dim)
         self.ffn_layernorm = nn.LayerNorm(ffn_dim) if scale_fc else None
         self.activation_dropout = nn.Dropout(activation_dropout)
+        self.adapter = Adapter(embed_dim, adapter_dim) if adapter_dim else None
 
     def _ffn(self, x: Tensor) -> Tensor:
         x = self.activation_dropout(F.gelu(self.fc1(x)))
         if self.ffn_layernorm is not None:
             x = self.ffn_layernorm(x)
-        return self.fc2(x)
+        x = self.fc2(x)
+        return x if self.adapter is None else self.adapter(x)
 
 
 class EncoderLayer(FeedForward, nn.Module):
@@ -257,7 +261,7 @@ class EncoderLayer(FeedForward, nn.Module):
                                             cfg.attn_scale_factor, not cfg.no_head_scale)
         self.self_attn_layer_norm = nn.LayerNorm(dim)
         self.attn_ln = nn.LayerNorm(dim) if not cfg.no_attn_ln else None
-        self._build_ffn(dim, cfg.encoder_ffn_embed_dim, not cfg.no_ffn_ln, cfg.activation_dropout)
+        self._build_ffn(dim, cfg.encoder_ffn_embed_dim, not cfg.no_ffn_ln, cfg.activation_dropout, cfg.adapter_dim)
         self.final_layer_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
@@ -288,7 +292,7 @@ class DecoderLayer(FeedForward, nn.Module):
         self.encoder_attn = MultiheadAttention(dim, heads, cfg.attention_dropout, cfg.attn_scale_factor,
                                                not cfg.no_head_scale)
         self.encoder_attn_layer_norm = nn.LayerNorm(dim)
-        self._build_ffn(dim, cfg.decoder_ffn_embed_dim, not cfg.no_ffn_ln, cfg.activation_dropout)
+        self._build_ffn(dim, cfg.decoder_ffn_embed_dim, not cfg.no_ffn_ln, cfg.activation_dropout, cfg.adapter_dim)
         self.final_layer_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()

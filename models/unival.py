@@ -19,6 +19,7 @@ from torch import Tensor
 from unival.models import cpu_linear, layers
 from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
+from unival.models.peft import apply_trainable, eval_untrained_backbones, keep_own_adapter_weights, zero_adapters
 from unival.models.video_encoders import VideoBackbone, video_position_ids, video_tokens
 from unival.models.layers import (DecoderLayer, EncoderLayer, IncrementalState, Linear, TokenEmbedding,
                                   drop_path_rates, late_gradient, padding_to_bias, reorder_effect,
@@ -97,6 +98,34 @@ class UnivalConfig(FairseqDataclass):
         default=False, metadata={"help": "feed the CNN image encoder NCHW images; by default they are converted to "
                                          "channels-last, which oneDNN and cuDNN convolutions run faster (same "
                                          "outputs, same weights)"})
+    adapter_dim: int = field(
+        default=0, metadata={"help": "bottleneck width of an adapter added after the feed-forward block of every "
+                                     "encoder and decoder layer (0: none). Adapters start as identity functions and "
+                                     "train alone unless --adapter-train-all; --bitfit and --only-linear-proj add "
+                                     "their parameters"})
+    adapter_train_all: bool = field(
+        default=False, metadata={"help": "with adapters, train the rest of the model too (less what a --freeze-* "
+                                         "option fixes)"})
+    bitfit: bool = field(default=False, metadata={"help": "train only the biases (BitFit), plus any adapters"})
+    only_linear_proj: bool = field(
+        default=False, metadata={"help": "train only the linear projections of the media encoders' features, plus "
+                                         "any adapters and, with --bitfit, the biases"})
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "fix the encoder's transformer (layers, LayerNorms, text positions, "
+                                         "attention-bias tables); the media backbones, projections and media "
+                                         "position embeddings, and the shared token embeddings, still train"})
+    freeze_decoder: bool = field(
+        default=False, metadata={"help": "fix the decoder (all but the token embeddings it shares)"})
+    freeze_embeddings: bool = field(
+        default=False, metadata={"help": "fix the token embeddings shared by the encoder input, the decoder input "
+                                         "and the output projection"})
+    freeze_image_encoder: bool = field(
+        default=False, metadata={"help": "fix the image backbone and keep it in eval mode (BatchNorm statistics "
+                                         "do not move)"})
+    freeze_video_encoder: bool = field(
+        default=False, metadata={"help": "fix the video backbone and keep it in eval mode"})
+    freeze_audio_encoder: bool = field(
+        default=False, metadata={"help": "fix the audio backbone and keep it in eval mode"})
     compile_layers: bool = field(
         default=False, metadata={"help": "torch.compile each transformer layer (in place: checkpoints keep their "
                                          "names); the first batches of each new shape are slow while it compiles"})
@@ -560,6 +589,7 @@ class UnivalModel(FairseqEncoderDecoderModel):
         for key in [key for key in state_dict if key not in kept]:
             del state_dict[key]
         self.keep_own_modality_weights(state_dict, prefix)
+        keep_own_adapter_weights(self, state_dict, prefix)
         super().upgrade_state_dict_named(state_dict, name)
 
     def check_vocabulary_size(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
@@ -627,6 +657,8 @@ class UnivalModel(FairseqEncoderDecoderModel):
         if cfg.bart_path:
             from unival.models.bart import initialise_from_bart
             initialise_from_bart(model, cfg.bart_path)
+        zero_adapters(model)
+        apply_trainable(model, cfg)
         if cfg.compile_layers:
             # In place, unlike torch.compile(module): parameter names, hence checkpoints, stay the same.
             for layer in [*model.encoder.layers, *model.decoder.layers]:
@@ -645,6 +677,11 @@ class UnivalModel(FairseqEncoderDecoderModel):
         encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens, **media)
         return self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
                             output_weight=output_weight)
+
+    def train(self, mode: bool = True) -> "UnivalModel":
+        super().train(mode)
+        eval_untrained_backbones(self)  # a backbone that does not train keeps its BatchNorm statistics too
+        return self
 
     def max_positions(self):
         return (self.cfg.max_source_positions, self.cfg.max_target_positions)

@@ -13,6 +13,7 @@ import torch
 
 from unival.checkpoint import (CheckpointError, build_from_checkpoint, checkpoint_config, key_differences,
                                read_checkpoint, stored_weights)
+from unival.models.peft import TRAINABILITY_OPTIONS
 from unival.models.unival import WEIGHT_FILE_OPTIONS
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 # Model options that do not change what a trained network computes; the merged checkpoints may differ in them.
 TRAINING_ONLY_OPTIONS = ("dropout", "attention_dropout", "activation_dropout", "encoder_drop_path_rate",
                          "decoder_drop_path_rate", "image_drop_path_rate", "no_channels_last",
-                         "compile_layers") + WEIGHT_FILE_OPTIONS
+                         "compile_layers") + WEIGHT_FILE_OPTIONS + TRAINABILITY_OPTIONS
 # Parts of a checkpoint that describe one training run's optimisation, left out of a merged one.
 RUN_STATE = ("last_optimizer_state",)
 RUN_EXTRA_STATE = ("ema", "ema_fp32_params", "metrics", "previous_training_time", "best", "val_loss")

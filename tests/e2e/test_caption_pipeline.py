@@ -124,7 +124,6 @@ def test_generate_and_evaluate_from_the_command_line(corpus, trained, tmp_path):
     assert len(saved) == 24 and set(saved[0]) == {"id", "caption"}
 
 
-
 def test_merged_checkpoints_are_scored_and_finetuned_from_the_command_line(corpus, trained, tmp_path):
     """`unival merge` of the run's first and last epochs (weight interpolation); the merged checkpoint is one like
     any other: `unival evaluate --checkpoint` scores it and fairseq-train finetunes from it (the "fusing" recipe)."""
@@ -145,6 +144,36 @@ def test_merged_checkpoints_are_scored_and_finetuned_from_the_command_line(corpu
                   "--disable-validation"] + TRAIN_OPTIONS, tmp_path)
     assert re.search(r"Loaded checkpoint \S+merged.pt \(epoch \d+ @ 0 updates\)", result.stdout + result.stderr)
     assert (tmp_path / "fused" / "checkpoint_last.pt").is_file()
+
+
+def test_adapters_finetune_a_checkpoint_and_the_adapted_model_generates(corpus, trained, tmp_path):
+    """fairseq-train --adapter-dim from a trained model: fairseq optimises the adapters alone (its own count of
+    trained parameters), they change and nothing else does; fairseq-generate builds the adapted model from its
+    checkpoint."""
+    save_dir, _, _ = trained
+    start = save_dir / "checkpoint_best.pt"
+    result = run([str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir",
+                  str(tmp_path / "adapted"), "--finetune-from-model", str(start), "--max-update", "4",
+                  "--disable-validation", "--no-epoch-checkpoints"] + TRAIN_OPTIONS + ["--adapter-dim", "16"],
+                 tmp_path)
+    log = result.stdout + result.stderr
+    ours = re.search(r"parameters that train: (\d+) of (\d+) \([0-9.]+%\); only adapters", log)
+    fairseqs = re.search(r"num\. trained: ([\d,]+)\)", log)
+    assert ours and fairseqs, log[-3000:]
+    assert int(fairseqs.group(1).replace(",", "")) == int(ours.group(1)) == 2 * 2 * (2 * 256 * 16 + 16 + 256)
+    assert "the checkpoint has no adapters" in log
+    before = torch.load(start, map_location="cpu", weights_only=False)["model"]
+    after = torch.load(tmp_path / "adapted" / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    assert set(after) - set(before) == {key for key in after if ".adapter." in key}
+    assert all(torch.equal(after[key], value) for key, value in before.items()), "only the adapters may change"
+    assert all(after[key].abs().sum() > 0 for key in after if key.endswith("adapter.up.weight"))
+
+    generated = run([str(BIN / "fairseq-generate"), str(corpus), "--user-dir", plugin_dir(), "--task", "caption",
+                     "--tsv-prefix", "caption", "--patch-image-size", "64", "--path",
+                     str(tmp_path / "adapted" / "checkpoint_last.pt"), "--gen-subset", "test", "--beam", "2",
+                     "--max-len-b", "16", "--batch-size", "8"], tmp_path)
+    assert len([line for line in generated.stdout.splitlines() if line.startswith("D-")]) == 24
+
 
 def test_half_precision_prediction_from_the_command_line(corpus, trained, tmp_path):
     """fairseq-generate --fp16 casts the model to float16 and hands it float32 images; `unival evaluate --bf16`

@@ -1,0 +1,167 @@
+"""Parameter-efficient finetuning: bottleneck adapters, and which of the model's parameters train.
+
+The options (``UnivalConfig``) fall in two kinds. Selectors restrict training to a part of the model: ``--bitfit``
+(every bias), ``--only-linear-proj`` (the media projections) and adapters (``--adapter-dim N``, which train alone
+unless ``--adapter-train-all``); several selectors train the union of their parts. Freezes then fix parts:
+``--freeze-encoder`` / ``--freeze-decoder`` (the transformers), ``--freeze-embeddings`` (the token table that the
+encoder, the decoder and the output projection share) and ``--freeze-{image,video,audio}-encoder`` (a media
+backbone). Frozen parameters have ``requires_grad`` off: fairseq's optimizers and data-parallel wrappers leave
+them out. A media backbone that has nothing left to train stays in eval mode, so that its BatchNorm statistics do
+not move either.
+"""
+import logging
+from typing import Dict, Iterator, List, Set, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+# (option, encoder attribute, the option that builds that encoder; None: every model has it)
+BACKBONE_FREEZES = (("freeze_image_encoder", "embed_images", None),
+                    ("freeze_video_encoder", "embed_videos", "video_encoder"),
+                    ("freeze_audio_encoder", "embed_audios", "audio_encoder"))
+# Encoder attributes of the media input path, which --freeze-encoder leaves training (as the original did).
+MEDIA_INPUT = {"embed_images", "image_proj", "embed_image_positions", "embed_videos", "video_proj",
+               "embed_video_positions", "embed_audios", "audio_proj", "embed_audio_positions",
+               "patch_layernorm_embedding"}
+PROJECTIONS = ("image_proj", "video_proj", "audio_proj")
+# Options that choose what trains, not what the model computes (models merged may differ in them).
+TRAINABILITY_OPTIONS = ("adapter_train_all", "bitfit", "only_linear_proj", "freeze_encoder", "freeze_decoder",
+                        "freeze_embeddings") + tuple(option for option, _, _ in BACKBONE_FREEZES)
+
+
+class Adapter(nn.Module):
+    """x + up(GELU(down(x))), a bottleneck of ``dim`` features. ``up`` starts at zero, so a model given adapters
+    computes exactly what it computed without them until they have trained."""
+
+    def __init__(self, embed_dim: int, dim: int):
+        super().__init__()
+        self.down = nn.Linear(embed_dim, dim)
+        self.up = nn.Linear(dim, embed_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.down.weight, std=0.02)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.up(F.gelu(self.down(x)))
+
+
+def adapters(model: nn.Module) -> Iterator[Adapter]:
+    return (module for module in model.modules() if isinstance(module, Adapter))
+
+
+def check_options(cfg) -> None:
+    for option, backbone, needs in BACKBONE_FREEZES:
+        if getattr(cfg, option) and needs is not None and not getattr(cfg, needs):
+            raise ValueError(f"--{option.replace('_', '-')} given but the model has no {needs.split('_')[0]} "
+                             f"encoder (--{needs.replace('_', '-')})")
+    if cfg.adapter_train_all and not cfg.adapter_dim:
+        raise ValueError("--adapter-train-all given without adapters (--adapter-dim N)")
+
+
+def parameter_ids(module: nn.Module) -> Set[int]:
+    return {id(parameter) for parameter in module.parameters()}
+
+
+def selected_parameters(model: nn.Module, cfg) -> Tuple[Set[int], List[str]]:
+    """Ids of the parameters the selectors train, and the selectors' names; (None, []) when none restricts."""
+    chosen, names = set(), []
+    if cfg.adapter_dim and not cfg.adapter_train_all:
+        names.append("adapters")
+    if cfg.bitfit:
+        names.append("biases (--bitfit)")
+        chosen |= {id(parameter) for name, parameter in model.named_parameters() if name.endswith("bias")}
+    if cfg.only_linear_proj:
+        names.append("media projections (--only-linear-proj)")
+        for attribute in PROJECTIONS:
+            if hasattr(model.encoder, attribute):
+                chosen |= parameter_ids(getattr(model.encoder, attribute))
+    if not names:
+        return None, []
+    for adapter in adapters(model):
+        chosen |= parameter_ids(adapter)
+    return chosen, names
+
+
+def frozen_parameters(model: nn.Module, cfg) -> Tuple[Set[int], List[str]]:
+    """Ids of the parameters the freezes fix, and the parts' names."""
+    frozen, names = set(), []
+    embedding = id(model.encoder.embed_tokens.weight)
+    adapter_ids = set().union(*(parameter_ids(adapter) for adapter in adapters(model)))
+    if cfg.freeze_encoder:
+        names.append("encoder transformer")
+        for name, child in model.encoder.named_children():
+            if name not in MEDIA_INPUT:
+                frozen |= parameter_ids(child) - adapter_ids - {embedding}
+        frozen |= {id(parameter) for parameter in model.encoder.parameters(recurse=False)}
+    if cfg.freeze_decoder:
+        names.append("decoder transformer")
+        frozen |= parameter_ids(model.decoder) - adapter_ids - {embedding}
+    if cfg.freeze_embeddings:
+        names.append("token embeddings")
+        frozen.add(embedding)
+    for option, backbone, _ in BACKBONE_FREEZES:
+        if getattr(cfg, option):
+            names.append(backbone)
+            frozen |= parameter_ids(getattr(model.encoder, backbone))
+    return frozen, names
+
+
+def apply_trainable(model: nn.Module, cfg) -> Dict[str, int]:
+    """Sets ``requires_grad`` of every parameter from the options; returns the counts and logs what trains."""
+    check_options(cfg)
+    chosen, selectors = selected_parameters(model, cfg)
+    frozen, freezes = frozen_parameters(model, cfg)
+    total = trained = 0
+    for parameter in model.parameters():
+        trains = (chosen is None or id(parameter) in chosen) and id(parameter) not in frozen
+        parameter.requires_grad_(trains)
+        total += parameter.numel()
+        trained += parameter.numel() if trains else 0
+    if selectors or freezes:
+        # Something always trains: no freeze reaches the media projections, which every model has.
+        logger.info("parameters that train: %d of %d (%.2f%%)%s%s", trained, total, 100.0 * trained / total,
+                    f"; only {', '.join(selectors)}" if selectors else "",
+                    f"; frozen: {', '.join(freezes)}" if freezes else "")
+    return {"trained": trained, "total": total}
+
+
+def keep_own_adapter_weights(model: nn.Module, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
+    """A checkpoint without adapters (the pretrained model being adapted) leaves this model's adapters as they
+    start, i.e. identity functions; a checkpoint with adapters needs a model built with them."""
+    own = [key for key in model.state_dict() if ".adapter." in key]
+    saved = [key for key in state_dict if key.startswith(prefix) and ".adapter." in key]
+    if own and not saved:
+        logger.info("the checkpoint has no adapters: %d adapter tensors start as identity functions", len(own))
+        weights = model.state_dict()
+        for key in own:
+            state_dict[prefix + key] = weights[key]
+    elif saved and not own:
+        downs = [key for key in saved if key.endswith("adapter.down.weight")]
+        width = state_dict[downs[0]].size(0) if downs else None
+        raise ValueError(f"the checkpoint's layers have adapters{f' of width {width}' if width else ''} ("
+                         f"{saved[0][len(prefix):]}, ...) but this model has none: pass --adapter-dim "
+                         f"{width or 'N'}")
+
+
+def eval_untrained_backbones(model: nn.Module) -> None:
+    """Puts each media backbone none of whose parameters trains in eval mode: its BatchNorm statistics then stay as
+    loaded, as its weights do (a frozen backbone, or one outside what --bitfit, --only-linear-proj or adapters
+    train)."""
+    for _, backbone, _ in BACKBONE_FREEZES:
+        module = getattr(model.encoder, backbone, None)
+        if module is not None and not any(parameter.requires_grad for parameter in module.parameters()):
+            module.eval()
+
+
+def zero_adapters(model: nn.Module) -> None:
+    """After the model-wide initialisation, which would give ``up`` random weights."""
+    with torch.no_grad():
+        for adapter in adapters(model):
+            adapter.reset_parameters()
