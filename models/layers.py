@@ -154,11 +154,13 @@ class MultiheadAttention(nn.Module):
 
     ``scale_factor`` enlarges the softmax temperature (scores scaled by (head_dim * factor) ** -0.5);
     ``scale_heads`` learns one output scale per head (NormFormer). In incremental decoding, self-attention
-    caches keys and values; cross-attention (``static_kv``) computes them once.
+    caches keys and values; cross-attention (``static_kv``) computes them once. ``prompt_length`` > 0 adds
+    learned key and value vectors that every query attends to before the sequence's own (prefix tuning), with no
+    position bias.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, scale_factor: float = 2.0,
-                 scale_heads: bool = True):
+                 scale_heads: bool = True, prompt_length: int = 0):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embedding size {embed_dim} is not divisible by {num_heads} attention heads")
@@ -172,6 +174,8 @@ class MultiheadAttention(nn.Module):
         self.v_proj = Linear(embed_dim, embed_dim)
         self.q_proj = Linear(embed_dim, embed_dim)
         self.out_proj = Linear(embed_dim, embed_dim)
+        # (2, length, C): the prompt's keys, then its values
+        self.prompt = nn.Parameter(torch.randn(2, prompt_length, embed_dim) * 0.02) if prompt_length else None
 
     def _heads(self, x: Tensor) -> Tensor:
         """(T, B, C) -> (B, H, T, head_dim)."""
@@ -201,12 +205,18 @@ class MultiheadAttention(nn.Module):
             if saved is not None:
                 k = torch.cat([saved["key"], k], dim=2)
                 v = torch.cat([saved["value"], v], dim=2)
+            elif self.prompt is not None:  # (in incremental decoding, the cache holds the prompt from the first step)
+                prompt = self._heads(self.prompt.transpose(0, 1).to(k.dtype)).unsqueeze(1)  # (2, 1, H, L, d)
+                prompt = prompt.expand(-1, k.size(0), -1, -1, -1)
+                k, v = torch.cat([prompt[0], k], dim=2), torch.cat([prompt[1], v], dim=2)
             if incremental_state is not None:
                 state = {"key": k, "value": v}
                 if static_kv and source_rows is not None:
                     state["rows"] = source_rows
                 self.set_incremental_state(incremental_state, "attn_state", state)
 
+        if self.prompt is not None:
+            bias = F.pad(bias, (self.prompt.size(1), 0))  # every query sees the prompt, without a position bias
         attn = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0,
             scale=self.scaling,
@@ -258,7 +268,7 @@ class EncoderLayer(FeedForward, nn.Module):
         nn.Module.__init__(self)
         dim = cfg.encoder_embed_dim
         self.self_attn = MultiheadAttention(dim, cfg.encoder_attention_heads, cfg.attention_dropout,
-                                            cfg.attn_scale_factor, not cfg.no_head_scale)
+                                            cfg.attn_scale_factor, not cfg.no_head_scale, cfg.encoder_prompt_length)
         self.self_attn_layer_norm = nn.LayerNorm(dim)
         self.attn_ln = nn.LayerNorm(dim) if not cfg.no_attn_ln else None
         self._build_ffn(dim, cfg.encoder_ffn_embed_dim, not cfg.no_ffn_ln, cfg.activation_dropout, cfg.adapter_dim)
@@ -285,7 +295,7 @@ class DecoderLayer(FeedForward, nn.Module):
         dim = cfg.decoder_embed_dim
         heads = cfg.decoder_attention_heads
         self.self_attn = MultiheadAttention(dim, heads, cfg.attention_dropout, cfg.attn_scale_factor,
-                                            not cfg.no_head_scale)
+                                            not cfg.no_head_scale, cfg.decoder_prompt_length)
         self.self_attn_ln = nn.LayerNorm(dim) if not cfg.no_attn_ln else None
         self.cross_attn_ln = nn.LayerNorm(dim) if not cfg.no_attn_ln else None
         self.self_attn_layer_norm = nn.LayerNorm(dim)

@@ -1,13 +1,14 @@
-"""Parameter-efficient finetuning: bottleneck adapters, and which of the model's parameters train.
+"""Parameter-efficient finetuning: bottleneck adapters, and which of the model's parameters train (the prompts of
+prefix tuning live in ``layers.MultiheadAttention``).
 
 The options (``UnivalConfig``) fall in two kinds. Selectors restrict training to a part of the model: ``--bitfit``
-(every bias), ``--only-linear-proj`` (the media projections) and adapters (``--adapter-dim N``, which train alone
-unless ``--adapter-train-all``); several selectors train the union of their parts. Freezes then fix parts:
-``--freeze-encoder`` / ``--freeze-decoder`` (the transformers), ``--freeze-embeddings`` (the token table that the
-encoder, the decoder and the output projection share) and ``--freeze-{image,video,audio}-encoder`` (a media
-backbone). Frozen parameters have ``requires_grad`` off: fairseq's optimizers and data-parallel wrappers leave
-them out. A media backbone that has nothing left to train stays in eval mode, so that its BatchNorm statistics do
-not move either.
+(every bias), ``--only-linear-proj`` (the media projections), adapters (``--adapter-dim N``) and prompts
+(``--encoder-prompt-length`` / ``--decoder-prompt-length``), the last two alone unless ``--unfreeze``; several
+selectors train the union of their parts. Freezes then fix parts: ``--freeze-encoder`` / ``--freeze-decoder``
+(the transformers), ``--freeze-embeddings`` (the token table that the encoder, the decoder and the output
+projection share) and ``--freeze-{image,video,audio}-encoder`` (a media backbone). Frozen parameters have
+``requires_grad`` off: fairseq's optimizers and data-parallel wrappers leave them out. A media backbone that has
+nothing left to train stays in eval mode, so that its BatchNorm statistics do not move either.
 """
 import logging
 from typing import Dict, Iterator, List, Set, Tuple
@@ -28,7 +29,7 @@ MEDIA_INPUT = {"embed_images", "image_proj", "embed_image_positions", "embed_vid
                "patch_layernorm_embedding"}
 PROJECTIONS = ("image_proj", "video_proj", "audio_proj")
 # Options that choose what trains, not what the model computes (models merged may differ in them).
-TRAINABILITY_OPTIONS = ("adapter_train_all", "bitfit", "only_linear_proj", "freeze_encoder", "freeze_decoder",
+TRAINABILITY_OPTIONS = ("unfreeze", "bitfit", "only_linear_proj", "freeze_encoder", "freeze_decoder",
                         "freeze_embeddings") + tuple(option for option, _, _ in BACKBONE_FREEZES)
 
 
@@ -56,13 +57,23 @@ def adapters(model: nn.Module) -> Iterator[Adapter]:
     return (module for module in model.modules() if isinstance(module, Adapter))
 
 
+def prompts(model: nn.Module) -> Iterator[nn.Parameter]:
+    return (module.prompt for module in model.modules() if getattr(module, "prompt", None) is not None)
+
+
+def peft_parameter_ids(model: nn.Module) -> Set[int]:
+    """The adapters' and prompts' parameters: they always train, and no freeze fixes them."""
+    return set().union(*(parameter_ids(adapter) for adapter in adapters(model))) | {id(p) for p in prompts(model)}
+
+
 def check_options(cfg) -> None:
     for option, backbone, needs in BACKBONE_FREEZES:
         if getattr(cfg, option) and needs is not None and not getattr(cfg, needs):
             raise ValueError(f"--{option.replace('_', '-')} given but the model has no {needs.split('_')[0]} "
                              f"encoder (--{needs.replace('_', '-')})")
-    if cfg.adapter_train_all and not cfg.adapter_dim:
-        raise ValueError("--adapter-train-all given without adapters (--adapter-dim N)")
+    if cfg.unfreeze and not (cfg.adapter_dim or cfg.encoder_prompt_length or cfg.decoder_prompt_length):
+        raise ValueError("--unfreeze given without adapters or prompts (--adapter-dim, --encoder-prompt-length, "
+                         "--decoder-prompt-length)")
 
 
 def parameter_ids(module: nn.Module) -> Set[int]:
@@ -72,8 +83,10 @@ def parameter_ids(module: nn.Module) -> Set[int]:
 def selected_parameters(model: nn.Module, cfg) -> Tuple[Set[int], List[str]]:
     """Ids of the parameters the selectors train, and the selectors' names; (None, []) when none restricts."""
     chosen, names = set(), []
-    if cfg.adapter_dim and not cfg.adapter_train_all:
+    if cfg.adapter_dim and not cfg.unfreeze:
         names.append("adapters")
+    if (cfg.encoder_prompt_length or cfg.decoder_prompt_length) and not cfg.unfreeze:
+        names.append("prompts")
     if cfg.bitfit:
         names.append("biases (--bitfit)")
         chosen |= {id(parameter) for name, parameter in model.named_parameters() if name.endswith("bias")}
@@ -84,16 +97,14 @@ def selected_parameters(model: nn.Module, cfg) -> Tuple[Set[int], List[str]]:
                 chosen |= parameter_ids(getattr(model.encoder, attribute))
     if not names:
         return None, []
-    for adapter in adapters(model):
-        chosen |= parameter_ids(adapter)
-    return chosen, names
+    return chosen | peft_parameter_ids(model), names
 
 
 def frozen_parameters(model: nn.Module, cfg) -> Tuple[Set[int], List[str]]:
     """Ids of the parameters the freezes fix, and the parts' names."""
     frozen, names = set(), []
     embedding = id(model.encoder.embed_tokens.weight)
-    adapter_ids = set().union(*(parameter_ids(adapter) for adapter in adapters(model)))
+    adapter_ids = peft_parameter_ids(model)
     if cfg.freeze_encoder:
         names.append("encoder transformer")
         for name, child in model.encoder.named_children():
@@ -132,22 +143,31 @@ def apply_trainable(model: nn.Module, cfg) -> Dict[str, int]:
     return {"trained": trained, "total": total}
 
 
-def keep_own_adapter_weights(model: nn.Module, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
-    """A checkpoint without adapters (the pretrained model being adapted) leaves this model's adapters as they
-    start, i.e. identity functions; a checkpoint with adapters needs a model built with them."""
-    own = [key for key in model.state_dict() if ".adapter." in key]
-    saved = [key for key in state_dict if key.startswith(prefix) and ".adapter." in key]
-    if own and not saved:
-        logger.info("the checkpoint has no adapters: %d adapter tensors start as identity functions", len(own))
-        weights = model.state_dict()
-        for key in own:
-            state_dict[prefix + key] = weights[key]
-    elif saved and not own:
-        downs = [key for key in saved if key.endswith("adapter.down.weight")]
-        width = state_dict[downs[0]].size(0) if downs else None
-        raise ValueError(f"the checkpoint's layers have adapters{f' of width {width}' if width else ''} ("
-                         f"{saved[0][len(prefix):]}, ...) but this model has none: pass --adapter-dim "
-                         f"{width or 'N'}")
+# Modules a checkpoint may lack: (option that builds them, their name, keys' scope and marker, the key whose size
+# along a dimension is the option's value)
+PEFT_PARTS = (("adapter_dim", "adapters", "", ".adapter.", ("down.weight", 0)),
+              ("encoder_prompt_length", "encoder prompts", "encoder.", ".self_attn.prompt", ("prompt", 1)),
+              ("decoder_prompt_length", "decoder prompts", "decoder.", ".self_attn.prompt", ("prompt", 1)))
+
+
+def keep_own_peft_weights(model: nn.Module, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
+    """A checkpoint without adapters or prompts (the model being adapted) leaves this model's own as they start
+    (adapters as identity functions); a checkpoint with them needs a model built with them."""
+    weights = model.state_dict()
+    for option, name, scope, marker, (size_key, size_dim) in PEFT_PARTS:
+        own = [key for key in weights if key.startswith(scope) and marker in key]
+        saved = [key[len(prefix):] for key in state_dict
+                 if key.startswith(prefix + scope) and marker in key[len(prefix):]]
+        if own and not saved:
+            logger.info("the checkpoint has no %s: this model's %d tensors of them keep their initialisation", name,
+                        len(own))
+            for key in own:
+                state_dict[prefix + key] = weights[key]
+        elif saved and not own:
+            sized = [key for key in saved if key.endswith(size_key)]
+            size = state_dict[prefix + sized[0]].size(size_dim) if sized else "N"
+            raise ValueError(f"the checkpoint has {name} ({saved[0]}, ...) but this model has none: pass "
+                             f"--{option.replace('_', '-')} {size}")
 
 
 def eval_untrained_backbones(model: nn.Module) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 from unival.models import cpu_linear, layers
 from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
-from unival.models.peft import apply_trainable, eval_untrained_backbones, keep_own_adapter_weights, zero_adapters
+from unival.models.peft import apply_trainable, eval_untrained_backbones, keep_own_peft_weights, zero_adapters
 from unival.models.video_encoders import VideoBackbone, video_position_ids, video_tokens
 from unival.models.layers import (DecoderLayer, EncoderLayer, IncrementalState, Linear, TokenEmbedding,
                                   drop_path_rates, late_gradient, padding_to_bias, reorder_effect,
@@ -101,11 +101,17 @@ class UnivalConfig(FairseqDataclass):
     adapter_dim: int = field(
         default=0, metadata={"help": "bottleneck width of an adapter added after the feed-forward block of every "
                                      "encoder and decoder layer (0: none). Adapters start as identity functions and "
-                                     "train alone unless --adapter-train-all; --bitfit and --only-linear-proj add "
-                                     "their parameters"})
-    adapter_train_all: bool = field(
-        default=False, metadata={"help": "with adapters, train the rest of the model too (less what a --freeze-* "
-                                         "option fixes)"})
+                                     "train alone unless --unfreeze; --bitfit and --only-linear-proj add their "
+                                     "parameters"})
+    encoder_prompt_length: int = field(
+        default=0, metadata={"help": "learned key and value vectors (a prompt of this length) prepended to every "
+                                     "encoder self-attention layer's (prefix tuning; 0: none); prompts train alone "
+                                     "unless --unfreeze"})
+    decoder_prompt_length: int = field(
+        default=0, metadata={"help": "the same for every decoder self-attention layer"})
+    unfreeze: bool = field(
+        default=False, metadata={"help": "with adapters or prompts, train the rest of the model too (less what a "
+                                         "--freeze-* option fixes)"})
     bitfit: bool = field(default=False, metadata={"help": "train only the biases (BitFit), plus any adapters"})
     only_linear_proj: bool = field(
         default=False, metadata={"help": "train only the linear projections of the media encoders' features, plus "
@@ -589,7 +595,7 @@ class UnivalModel(FairseqEncoderDecoderModel):
         for key in [key for key in state_dict if key not in kept]:
             del state_dict[key]
         self.keep_own_modality_weights(state_dict, prefix)
-        keep_own_adapter_weights(self, state_dict, prefix)
+        keep_own_peft_weights(self, state_dict, prefix)
         super().upgrade_state_dict_named(state_dict, name)
 
     def check_vocabulary_size(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:

@@ -5,7 +5,8 @@ import logging
 import pytest
 import torch
 
-from unival.models.peft import Adapter
+from unival.models.layers import MultiheadAttention
+from unival.models.peft import Adapter, prompts
 from test_unival import batch, tiny_model
 
 
@@ -26,7 +27,7 @@ def adapted(**options):
 def test_adapters_start_as_identity_functions_and_train_alone(caplog):
     caplog.set_level(logging.INFO, logger="unival.models.peft")
     plain, model = adapted()
-    assert "the checkpoint has no adapters: 16 adapter tensors start as identity functions" in caplog.text
+    assert "the checkpoint has no adapters: this model's 16 tensors of them keep their initialisation" in caplog.text
     with torch.no_grad():
         assert torch.equal(plain(**batch())[0], model(**batch())[0])
     assert trainable(model) == {name for name, _ in model.named_parameters() if ".adapter." in name}
@@ -59,8 +60,8 @@ def test_adapter_modules_sit_after_every_feed_forward_block():
         assert torch.allclose(adapter(x), expected + adapter.up.bias, atol=1e-6)
 
 
-def test_adapter_train_all_trains_everything_but_what_is_frozen():
-    _, model = adapted(adapter_train_all=True, freeze_embeddings=True)
+def test_unfreeze_trains_everything_but_what_is_frozen():
+    _, model = adapted(unfreeze=True, freeze_embeddings=True)
     assert trainable(model) == {name for name, _ in model.named_parameters()} - {"encoder.embed_tokens.weight"}
 
 
@@ -123,12 +124,66 @@ def test_a_frozen_backbone_stays_in_eval_mode_and_its_batchnorm_statistics_do_no
 def test_options_that_name_a_missing_part_are_refused():
     with pytest.raises(ValueError, match="--freeze-video-encoder given but the model has no video encoder"):
         tiny_model(freeze_video_encoder=True)
-    with pytest.raises(ValueError, match="--adapter-train-all given without adapters"):
-        tiny_model(adapter_train_all=True)
+    with pytest.raises(ValueError, match="--unfreeze given without adapters or prompts"):
+        tiny_model(unfreeze=True)
 
 
 def test_a_checkpoint_with_adapters_needs_a_model_built_with_them():
     state = tiny_model(adapter_dim=8).state_dict()
-    with pytest.raises(ValueError, match=r"adapters of width 8 \(encoder.layers.0.adapter.down.weight, ...\) but "
-                                         r"this model has none: pass --adapter-dim 8"):
+    with pytest.raises(ValueError, match=r"the checkpoint has adapters \(encoder.layers.0.adapter.down.weight, ...\) "
+                                         r"but this model has none: pass --adapter-dim 8"):
+        tiny_model().upgrade_state_dict_named(state, "")
+
+
+def test_a_prompt_is_attended_by_every_query_before_the_sequences_own_keys():
+    """Prefix tuning in one attention module, against the product written out: the prompt's keys and values come
+    first, without a position bias, and stay visible where the sequence's keys are masked."""
+    torch.manual_seed(0)
+    attention = MultiheadAttention(8, 2, prompt_length=3).eval()
+    x = torch.randn(4, 2, 8)  # (T, B, C)
+    bias = torch.randn(2, 2, 4, 4)
+    bias[:, :, :, 1] = float("-inf")
+    with torch.no_grad():
+        out = attention(x, x, bias)
+        heads = lambda t: t.view(t.size(0), 2, 2, 4).permute(1, 2, 0, 3)  # noqa: E731  (T, B, C) -> (B, H, T, d)
+        prompt_keys = attention.prompt[0].view(1, 3, 2, 4).permute(0, 2, 1, 3).expand(2, -1, -1, -1)
+        prompt_values = attention.prompt[1].view(1, 3, 2, 4).permute(0, 2, 1, 3).expand(2, -1, -1, -1)
+        keys = torch.cat([prompt_keys, heads(attention.k_proj(x))], dim=2)
+        values = torch.cat([prompt_values, heads(attention.v_proj(x))], dim=2)
+        scores = heads(attention.q_proj(x)) @ keys.transpose(-1, -2) * attention.scaling
+        weights = (scores + torch.cat([torch.zeros(2, 2, 4, 3), bias], dim=-1)).softmax(-1)
+        assert (weights[..., :3] > 0).all() and (weights[..., 4] == 0).all()
+        expected = (weights @ values) * attention.c_attn.view(1, -1, 1, 1)
+        expected = attention.out_proj(expected.permute(2, 0, 1, 3).reshape(4, 2, 8))
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_prompts_train_alone_and_incremental_decoding_keeps_them_in_its_cache(caplog):
+    caplog.set_level(logging.INFO, logger="unival.models.peft")
+    plain = tiny_model()
+    model = tiny_model(encoder_prompt_length=3, decoder_prompt_length=2)
+    assert trainable(model) == {f"{part}.layers.{i}.self_attn.prompt" for part in ("encoder", "decoder")
+                                for i in range(2)}
+    state = plain.state_dict()
+    model.upgrade_state_dict_named(state, "")
+    model.load_state_dict(state, strict=True)
+    assert "the checkpoint has no encoder prompts" in caplog.text and "no decoder prompts" in caplog.text
+    inputs = batch(target=6)
+    tokens = inputs.pop("prev_output_tokens")
+    with torch.no_grad():
+        assert not torch.allclose(plain(**inputs, prev_output_tokens=tokens)[0],
+                                  model(**inputs, prev_output_tokens=tokens)[0], atol=1e-4)
+        encoded = model.encoder(**inputs)
+        full, _ = model.decoder(tokens, encoded)
+        cache = {}
+        steps = [model.decoder(tokens[:, :t], encoded, incremental_state=cache)[0][:, -1] for t in range(1, 7)]
+    assert torch.allclose(torch.stack(steps, dim=1), full, atol=1e-5)
+    model.train()(**inputs, prev_output_tokens=tokens)[0].logsumexp(-1).mean().backward()
+    assert all(prompt.grad.abs().sum() > 0 for prompt in prompts(model))
+
+
+def test_a_checkpoint_with_prompts_needs_a_model_built_with_them():
+    state = tiny_model(decoder_prompt_length=5).state_dict()
+    with pytest.raises(ValueError, match=r"the checkpoint has decoder prompts \(decoder.layers.0.self_attn.prompt, "
+                                         r"...\) but this model has none: pass --decoder-prompt-length 5"):
         tiny_model().upgrade_state_dict_named(state, "")
