@@ -112,10 +112,11 @@ class UnivalConfig(FairseqDataclass):
     unfreeze: bool = field(
         default=False, metadata={"help": "with adapters or prompts, train the rest of the model too (less what a "
                                          "--freeze-* option fixes)"})
-    bitfit: bool = field(default=False, metadata={"help": "train only the biases (BitFit), plus any adapters"})
+    bitfit: bool = field(
+        default=False, metadata={"help": "train only the biases (BitFit), plus any adapters and prompts"})
     only_linear_proj: bool = field(
         default=False, metadata={"help": "train only the linear projections of the media encoders' features, plus "
-                                         "any adapters and, with --bitfit, the biases"})
+                                         "any adapters and prompts and, with --bitfit, the biases"})
     freeze_encoder: bool = field(
         default=False, metadata={"help": "fix the encoder's transformer (layers, LayerNorms, text positions, "
                                          "attention-bias tables); the media backbones, projections and media "
