@@ -536,8 +536,11 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
         source_rows = encoder_out["source_rows"][0] if encoder_out.get("source_rows") else None
         states = [x]
         for layer, bias in zip(self.layers, biases):
-            x = layer(x, encoder_out["encoder_out"][0], bias.expand(batch, -1, -1, -1), cross_bias,
-                      incremental_state, source_rows)
+            # Incremental decoding calls the layers' own forward, uncompiled under --compile-layers: its key cache
+            # grows by one at every step, which would recompile them step after step up to torch's limit.
+            run = layer if incremental_state is None else layer.forward
+            x = run(x, encoder_out["encoder_out"][0], bias.expand(batch, -1, -1, -1), cross_bias, incremental_state,
+                    source_rows)
             states.append(x)
         x = self.layer_norm(x).transpose(0, 1)
         return x, {"attn": [None], "inner_states": states}

@@ -204,8 +204,21 @@ def test_compiled_layers_keep_parameter_names_and_outputs(monkeypatch):
     default, compiled = tiny_model(**one_layer), tiny_model(compile_layers=True, **one_layer)
     assert list(compiled.state_dict()) == list(default.state_dict())
     assert all(layer._compiled_call_impl is not None for layer in compiled.encoder.layers)
+    calls = []
+    layer = compiled.decoder.layers[0]
+    compiled_call = layer._compiled_call_impl
+    layer._compiled_call_impl = lambda *args, **kwargs: calls.append(1) or compiled_call(*args, **kwargs)
     with torch.no_grad():
         assert torch.allclose(default(**inputs)[0], compiled(**inputs)[0], atol=1e-5)
+        assert len(calls) == 1
+        # incremental decoding runs the layers uncompiled (a new cache length at every step), with the same outputs
+        encoded = compiled.encoder(**encoder_input())
+        full, _ = default.decoder(inputs["prev_output_tokens"], default.encoder(**encoder_input()))
+        state = {}
+        steps = [compiled.decoder(inputs["prev_output_tokens"][:, :t], encoded, incremental_state=state)[0][:, -1]
+                 for t in (1, 2, 3)]
+    assert len(calls) == 1
+    assert torch.allclose(torch.stack(steps, dim=1), full, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
