@@ -104,16 +104,16 @@ def frozen_parameters(model: nn.Module, cfg) -> Tuple[Set[int], List[str]]:
     """Ids of the parameters the freezes fix, and the parts' names."""
     frozen, names = set(), []
     embedding = id(model.encoder.embed_tokens.weight)
-    adapter_ids = peft_parameter_ids(model)
+    peft_ids = peft_parameter_ids(model)  # never frozen
     if cfg.freeze_encoder:
         names.append("encoder transformer")
         for name, child in model.encoder.named_children():
             if name not in MEDIA_INPUT:
-                frozen |= parameter_ids(child) - adapter_ids - {embedding}
+                frozen |= parameter_ids(child) - peft_ids - {embedding}
         frozen |= {id(parameter) for parameter in model.encoder.parameters(recurse=False)}
     if cfg.freeze_decoder:
         names.append("decoder transformer")
-        frozen |= parameter_ids(model.decoder) - adapter_ids - {embedding}
+        frozen |= parameter_ids(model.decoder) - peft_ids - {embedding}
     if cfg.freeze_embeddings:
         names.append("token embeddings")
         frozen.add(embedding)
@@ -172,8 +172,8 @@ def keep_own_peft_weights(model: nn.Module, state_dict: Dict[str, Tensor], prefi
 
 def eval_untrained_backbones(model: nn.Module) -> None:
     """Puts each media backbone none of whose parameters trains in eval mode: its BatchNorm statistics then stay as
-    loaded, as its weights do (a frozen backbone, or one outside what --bitfit, --only-linear-proj or adapters
-    train)."""
+    loaded, as its weights do (a frozen backbone, or one outside what --bitfit, --only-linear-proj, adapters or
+    prompts train)."""
     for _, backbone, _ in BACKBONE_FREEZES:
         module = getattr(model.encoder, backbone, None)
         if module is not None and not any(parameter.requires_grad for parameter in module.parameters()):
