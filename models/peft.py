@@ -6,9 +6,10 @@ The options (``UnivalConfig``) fall in two kinds. Selectors restrict training to
 (``--encoder-prompt-length`` / ``--decoder-prompt-length``), the last two alone unless ``--unfreeze``; several
 selectors train the union of their parts. Freezes then fix parts: ``--freeze-encoder`` / ``--freeze-decoder``
 (the transformers), ``--freeze-embeddings`` (the token table that the encoder, the decoder and the output
-projection share) and ``--freeze-{image,video,audio}-encoder`` (a media backbone). Frozen parameters have
-``requires_grad`` off: fairseq's optimizers and data-parallel wrappers leave them out. A media backbone that has
-nothing left to train stays in eval mode, so that its BatchNorm statistics do not move either.
+projection share), ``--freeze-{image,video,audio}-encoder`` (a media backbone) and ``--freeze-batchnorm`` (every
+BatchNorm of the media backbones). Frozen parameters have ``requires_grad`` off: fairseq's optimizers and
+data-parallel wrappers leave them out. A media backbone that has nothing left to train, and a BatchNorm whose scale
+and shift do not train, stay in eval mode, so that their BatchNorm statistics do not move either.
 """
 import logging
 from typing import Dict, Iterator, List, Set, Tuple
@@ -30,7 +31,7 @@ MEDIA_INPUT = {"embed_images", "image_proj", "embed_image_positions", "embed_vid
 PROJECTIONS = ("image_proj", "video_proj", "audio_proj")
 # Options that choose what trains, not what the model computes (models merged may differ in them).
 TRAINABILITY_OPTIONS = ("unfreeze", "bitfit", "only_linear_proj", "freeze_encoder", "freeze_decoder",
-                        "freeze_embeddings") + tuple(option for option, _, _ in BACKBONE_FREEZES)
+                        "freeze_embeddings", "freeze_batchnorm") + tuple(option for option, _, _ in BACKBONE_FREEZES)
 
 
 class Adapter(nn.Module):
@@ -64,6 +65,19 @@ def prompts(model: nn.Module) -> Iterator[nn.Parameter]:
 def peft_parameter_ids(model: nn.Module) -> Set[int]:
     """The adapters' and prompts' parameters: they always train, and no freeze fixes them."""
     return set().union(*(parameter_ids(adapter) for adapter in adapters(model))) | {id(p) for p in prompts(model)}
+
+
+def backbones(model: nn.Module) -> Iterator[nn.Module]:
+    """The media backbones the model has."""
+    for _, attribute, _ in BACKBONE_FREEZES:
+        module = getattr(model.encoder, attribute, None)
+        if module is not None:
+            yield module
+
+
+def backbone_batchnorms(model: nn.Module) -> Iterator[nn.modules.batchnorm._BatchNorm]:
+    return (module for backbone in backbones(model) for module in backbone.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm))
 
 
 def check_options(cfg) -> None:
@@ -121,6 +135,10 @@ def frozen_parameters(model: nn.Module, cfg) -> Tuple[Set[int], List[str]]:
         if getattr(cfg, option):
             names.append(backbone)
             frozen |= parameter_ids(getattr(model.encoder, backbone))
+    if cfg.freeze_batchnorm:
+        names.append("BatchNorm of the media backbones")
+        for batchnorm in backbone_batchnorms(model):
+            frozen |= parameter_ids(batchnorm)
     return frozen, names
 
 
@@ -170,14 +188,22 @@ def keep_own_peft_weights(model: nn.Module, state_dict: Dict[str, Tensor], prefi
                              f"--{option.replace('_', '-')} {size}")
 
 
+def trains(module: nn.Module) -> bool:
+    return any(parameter.requires_grad for parameter in module.parameters())
+
+
 def eval_untrained_backbones(model: nn.Module) -> None:
     """Puts each media backbone none of whose parameters trains in eval mode: its BatchNorm statistics then stay as
     loaded, as its weights do (a frozen backbone, or one outside what --bitfit, --only-linear-proj, adapters or
-    prompts train)."""
-    for _, backbone, _ in BACKBONE_FREEZES:
-        module = getattr(model.encoder, backbone, None)
-        if module is not None and not any(parameter.requires_grad for parameter in module.parameters()):
-            module.eval()
+    prompts train); the same for each BatchNorm of a training backbone whose scale and shift are fixed
+    (--freeze-batchnorm)."""
+    for backbone in backbones(model):
+        if not trains(backbone):
+            backbone.eval()
+        elif backbone.training:
+            for module in backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and not trains(module):
+                    module.eval()
 
 
 def zero_adapters(model: nn.Module) -> None:

@@ -133,6 +133,10 @@ class UnivalConfig(FairseqDataclass):
         default=False, metadata={"help": "fix the video backbone and keep it in eval mode"})
     freeze_audio_encoder: bool = field(
         default=False, metadata={"help": "fix the audio backbone and keep it in eval mode"})
+    freeze_batchnorm: bool = field(
+        default=False, metadata={"help": "fix every BatchNorm of the media backbones, scale, shift and statistics "
+                                         "(eval mode), while their convolutions train: for small batches per device "
+                                         "(the original's option of this name left the statistics moving)"})
     compile_layers: bool = field(
         default=False, metadata={"help": "torch.compile each transformer layer (in place: checkpoints keep their "
                                          "names); the first batches of each new shape are slow while it compiles"})

@@ -121,6 +121,32 @@ def test_a_frozen_backbone_stays_in_eval_mode_and_its_batchnorm_statistics_do_no
                            statistics["bn1.running_mean"])
 
 
+def test_freeze_batchnorm_fixes_the_backbones_batchnorms_while_their_convolutions_train():
+    model = tiny_model(freeze_batchnorm=True, audio_encoder="cnn6", audio_sample_rate=16000, audio_fmax=8000.0)
+    batchnorms = {name: module for name, module in model.named_modules()
+                  if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)}
+    assert {name.split(".")[1] for name in batchnorms} == {"embed_images", "embed_audios"}
+    frozen = {name for name, _ in model.named_parameters()} - trainable(model)
+    assert frozen == {f"{name}.{kind}" for name in batchnorms for kind in ("weight", "bias")}
+    model.train()
+    assert model.encoder.embed_images.training and model.encoder.layers.training
+    assert not any(module.training for module in batchnorms.values())
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    optimizer.zero_grad()
+    model(**batch())[0].logsumexp(-1).mean().backward()
+    optimizer.step()
+    changed = {name for name, value in model.state_dict().items() if not torch.equal(value, before[name])}
+    assert "encoder.embed_images.conv1.weight" in changed
+    # scale, shift and statistics (running mean and variance, batch counter) of every BatchNorm stay as loaded
+    assert not any(name.startswith(tuple(f"{bn}." for bn in batchnorms)) for name in changed)
+    # in training mode, they would have moved
+    moving = tiny_model().train()
+    statistics = moving.encoder.embed_images.bn1.running_mean.clone()
+    moving(**batch())
+    assert not torch.equal(moving.encoder.embed_images.bn1.running_mean, statistics)
+
+
 def test_options_that_name_a_missing_part_are_refused():
     with pytest.raises(ValueError, match="--freeze-video-encoder given but the model has no video encoder"):
         tiny_model(freeze_video_encoder=True)
