@@ -155,12 +155,12 @@ class MultiheadAttention(nn.Module):
     ``scale_factor`` enlarges the softmax temperature (scores scaled by (head_dim * factor) ** -0.5);
     ``scale_heads`` learns one output scale per head (NormFormer). In incremental decoding, self-attention
     caches keys and values; cross-attention (``static_kv``) computes them once. ``prompt_length`` > 0 adds
-    learned key and value vectors that every query attends to before the sequence's own (prefix tuning), with no
-    position bias.
+    key and value vectors that every query attends to before the sequence's own (prefix tuning), with no position
+    bias: learned here, or with ``own_prompt`` off given to ``forward`` (by a ``PromptProjection``).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, scale_factor: float = 2.0,
-                 scale_heads: bool = True, prompt_length: int = 0):
+                 scale_heads: bool = True, prompt_length: int = 0, own_prompt: bool = True):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embedding size {embed_dim} is not divisible by {num_heads} attention heads")
@@ -174,8 +174,10 @@ class MultiheadAttention(nn.Module):
         self.v_proj = Linear(embed_dim, embed_dim)
         self.q_proj = Linear(embed_dim, embed_dim)
         self.out_proj = Linear(embed_dim, embed_dim)
+        self.prompt_length = prompt_length
         # (2, length, C): the prompt's keys, then its values
-        self.prompt = nn.Parameter(torch.randn(2, prompt_length, embed_dim) * 0.02) if prompt_length else None
+        self.prompt = nn.Parameter(torch.randn(2, prompt_length, embed_dim) * 0.02) if prompt_length and own_prompt \
+            else None
 
     def _heads(self, x: Tensor) -> Tensor:
         """(T, B, C) -> (B, H, T, head_dim)."""
@@ -184,12 +186,13 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, query: Tensor, key: Tensor, bias: Tensor,
                 incremental_state: Optional[IncrementalState] = None, static_kv: bool = False,
-                source_rows: Optional[Tensor] = None) -> Tensor:
+                source_rows: Optional[Tensor] = None, prompt: Optional[Tensor] = None) -> Tensor:
         """query (T, B, C), key (S, B, C), bias (B or 1, H, T, S) with -inf on masked keys -> (T, B, C).
 
         In incremental self-attention ``bias`` covers the cached keys plus the new one. ``source_rows`` (B,),
         the source sample of each row of a static ``key``, lets beam search skip copying the cached keys when
-        it only reorders hypotheses of the same sample.
+        it only reorders hypotheses of the same sample. ``prompt`` (2, L, C): the prompt's keys and values of an
+        attention without its own, needed until the incremental cache holds them.
         """
         q = self._heads(self.q_proj(query))
         saved = self.get_incremental_state(incremental_state, "attn_state") if incremental_state is not None else None
@@ -205,8 +208,11 @@ class MultiheadAttention(nn.Module):
             if saved is not None:
                 k = torch.cat([saved["key"], k], dim=2)
                 v = torch.cat([saved["value"], v], dim=2)
-            elif self.prompt is not None:  # (in incremental decoding, the cache holds the prompt from the first step)
-                prompt = self._heads(self.prompt.transpose(0, 1).to(k.dtype)).unsqueeze(1)  # (2, 1, H, L, d)
+            elif self.prompt_length:  # (in incremental decoding, the cache holds the prompt from the first step)
+                prompt = self.prompt if self.prompt is not None else prompt
+                if prompt is None:
+                    raise ValueError("this attention's prompt is computed outside it and was not given")
+                prompt = self._heads(prompt.transpose(0, 1).to(k.dtype)).unsqueeze(1)  # (2, 1, H, L, d)
                 prompt = prompt.expand(-1, k.size(0), -1, -1, -1)
                 k, v = torch.cat([prompt[0], k], dim=2), torch.cat([prompt[1], v], dim=2)
             if incremental_state is not None:
@@ -215,8 +221,8 @@ class MultiheadAttention(nn.Module):
                     state["rows"] = source_rows
                 self.set_incremental_state(incremental_state, "attn_state", state)
 
-        if self.prompt is not None:
-            bias = F.pad(bias, (self.prompt.size(1), 0))  # every query sees the prompt, without a position bias
+        if self.prompt_length:
+            bias = F.pad(bias, (self.prompt_length, 0))  # every query sees the prompt, without a position bias
         attn = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0,
             scale=self.scaling,
@@ -226,6 +232,9 @@ class MultiheadAttention(nn.Module):
         length, batch = query.shape[:2]
         attn = attn.permute(2, 0, 1, 3).reshape(length, batch, self.embed_dim)
         return self.out_proj(attn)
+
+    def has_cache(self, incremental_state: IncrementalState) -> bool:
+        return self.get_incremental_state(incremental_state, "attn_state") is not None
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         """Follows the beam search's reordering of hypotheses."""
@@ -268,7 +277,8 @@ class EncoderLayer(FeedForward, nn.Module):
         nn.Module.__init__(self)
         dim = cfg.encoder_embed_dim
         self.self_attn = MultiheadAttention(dim, cfg.encoder_attention_heads, cfg.attention_dropout,
-                                            cfg.attn_scale_factor, not cfg.no_head_scale, cfg.encoder_prompt_length)
+                                            cfg.attn_scale_factor, not cfg.no_head_scale, cfg.encoder_prompt_length,
+                                            own_prompt=not cfg.encoder_prompt_projection)
         self.self_attn_layer_norm = nn.LayerNorm(dim)
         self.attn_ln = nn.LayerNorm(dim) if not cfg.no_attn_ln else None
         self._build_ffn(dim, cfg.encoder_ffn_embed_dim, not cfg.no_ffn_ln, cfg.activation_dropout, cfg.adapter_dim)
@@ -276,10 +286,10 @@ class EncoderLayer(FeedForward, nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        """x (T, B, C); bias (B, H, T, T) already holding -inf on padded keys."""
+    def forward(self, x: Tensor, bias: Tensor, prompt: Optional[Tensor] = None) -> Tensor:
+        """x (T, B, C); bias (B, H, T, T) already holding -inf on padded keys; prompt (2, L, C) or None."""
         h = self.self_attn_layer_norm(x)
-        h = self.self_attn(h, h, bias)
+        h = self.self_attn(h, h, bias, prompt=prompt)
         if self.attn_ln is not None:
             h = self.attn_ln(h)
         x = x + self.drop_path(self.dropout(h))
@@ -295,7 +305,8 @@ class DecoderLayer(FeedForward, nn.Module):
         dim = cfg.decoder_embed_dim
         heads = cfg.decoder_attention_heads
         self.self_attn = MultiheadAttention(dim, heads, cfg.attention_dropout, cfg.attn_scale_factor,
-                                            not cfg.no_head_scale, cfg.decoder_prompt_length)
+                                            not cfg.no_head_scale, cfg.decoder_prompt_length,
+                                            own_prompt=not cfg.decoder_prompt_projection)
         self.self_attn_ln = nn.LayerNorm(dim) if not cfg.no_attn_ln else None
         self.cross_attn_ln = nn.LayerNorm(dim) if not cfg.no_attn_ln else None
         self.self_attn_layer_norm = nn.LayerNorm(dim)
@@ -308,9 +319,10 @@ class DecoderLayer(FeedForward, nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def forward(self, x: Tensor, encoder_out: Tensor, self_bias: Tensor, cross_bias: Tensor,
-                incremental_state: Optional[IncrementalState] = None, source_rows: Optional[Tensor] = None) -> Tensor:
+                incremental_state: Optional[IncrementalState] = None, source_rows: Optional[Tensor] = None,
+                prompt: Optional[Tensor] = None) -> Tensor:
         h = self.self_attn_layer_norm(x)
-        h = self.self_attn(h, h, self_bias, incremental_state)
+        h = self.self_attn(h, h, self_bias, incremental_state, prompt=prompt)
         if self.self_attn_ln is not None:
             h = self.self_attn_ln(h)
         x = x + self.drop_path(self.dropout(h))

@@ -1,5 +1,5 @@
-"""Parameter-efficient finetuning: bottleneck adapters, and which of the model's parameters train (the prompts of
-prefix tuning live in ``layers.MultiheadAttention``).
+"""Parameter-efficient finetuning: bottleneck adapters, the prompt projection of prefix tuning, and which of the
+model's parameters train (plain prompts live in ``layers.MultiheadAttention``).
 
 The options (``UnivalConfig``) fall in two kinds. Selectors restrict training to a part of the model: ``--bitfit``
 (every bias), ``--only-linear-proj`` (the media projections), adapters (``--adapter-dim N``) and prompts
@@ -54,12 +54,44 @@ class Adapter(nn.Module):
         return x + self.up(F.gelu(self.down(x)))
 
 
+class PromptProjection(nn.Module):
+    """Prefix tuning's reparametrisation (Li and Liang, 2021; the original's ``--encoder-prompt-projection``): the
+    prompts of all ``num_layers`` layers come from one learned (length, C) table through an MLP, Linear(C, dim),
+    ReLU, Linear(dim, num_layers * 2 * C), which trains more stably than the prompts themselves. Once trained, only
+    its output matters: a model built without the projection loads the computed prompts (``fold_prompt_projection``).
+    """
+
+    def __init__(self, length: int, embed_dim: int, dim: int, num_layers: int):
+        super().__init__()
+        self.num_layers = num_layers
+        self.embedding = nn.Parameter(torch.randn(length, embed_dim) * 0.02)
+        self.hidden = nn.Linear(embed_dim, dim)
+        self.out = nn.Linear(dim, num_layers * 2 * embed_dim)
+
+    def forward(self) -> Tensor:
+        """(num_layers, 2, length, C): each layer's prompt keys, then values."""
+        return project_prompts(self.embedding, self.hidden.weight, self.hidden.bias, self.out.weight, self.out.bias,
+                               self.num_layers)
+
+
+def project_prompts(embedding: Tensor, hidden_weight: Tensor, hidden_bias: Tensor, out_weight: Tensor,
+                    out_bias: Tensor, num_layers: int) -> Tensor:
+    length, dim = embedding.shape
+    x = F.linear(F.relu(F.linear(embedding, hidden_weight, hidden_bias)), out_weight, out_bias)
+    return x.view(length, num_layers, 2, dim).permute(1, 2, 0, 3)
+
+
 def adapters(model: nn.Module) -> Iterator[Adapter]:
     return (module for module in model.modules() if isinstance(module, Adapter))
 
 
 def prompts(model: nn.Module) -> Iterator[nn.Parameter]:
-    return (module.prompt for module in model.modules() if getattr(module, "prompt", None) is not None)
+    """The parameters of the prompts: the attention layers' own, and the prompt projections'."""
+    for module in model.modules():
+        if isinstance(module, PromptProjection):
+            yield from module.parameters()
+        elif getattr(module, "prompt", None) is not None:
+            yield module.prompt
 
 
 def peft_parameter_ids(model: nn.Module) -> Set[int]:
@@ -88,6 +120,12 @@ def check_options(cfg) -> None:
     if cfg.unfreeze and not (cfg.adapter_dim or cfg.encoder_prompt_length or cfg.decoder_prompt_length):
         raise ValueError("--unfreeze given without adapters or prompts (--adapter-dim, --encoder-prompt-length, "
                          "--decoder-prompt-length)")
+    for part in ("encoder", "decoder"):
+        length, projection, dim = (getattr(cfg, f"{part}_prompt_{name}") for name in ("length", "projection", "dim"))
+        if projection and not length:
+            raise ValueError(f"--{part}-prompt-projection given without --{part}-prompt-length")
+        if dim and not projection:
+            raise ValueError(f"--{part}-prompt-dim {dim} given without --{part}-prompt-projection")
 
 
 def parameter_ids(module: nn.Module) -> Set[int]:
@@ -162,17 +200,24 @@ def apply_trainable(model: nn.Module, cfg) -> Dict[str, int]:
 
 
 # Modules a checkpoint may lack: (option that builds them, their name, keys' scope and marker, the key whose size
-# along a dimension is the option's value)
-PEFT_PARTS = (("adapter_dim", "adapters", "", ".adapter.", ("down.weight", 0)),
-              ("encoder_prompt_length", "encoder prompts", "encoder.", ".self_attn.prompt", ("prompt", 1)),
-              ("decoder_prompt_length", "decoder prompts", "decoder.", ".self_attn.prompt", ("prompt", 1)))
+# along a dimension is the option's value, further options that build them)
+PEFT_PARTS = (("adapter_dim", "adapters", "", ".adapter.", ("down.weight", 0), ""),
+              ("encoder_prompt_length", "encoder prompts", "encoder.", ".self_attn.prompt", ("prompt", 1), ""),
+              ("decoder_prompt_length", "decoder prompts", "decoder.", ".self_attn.prompt", ("prompt", 1), ""),
+              ("encoder_prompt_length", "encoder prompt projection weights", "encoder.", "prompt_projection.",
+               ("embedding", 0), " --encoder-prompt-projection"),
+              ("decoder_prompt_length", "decoder prompt projection weights", "decoder.", "prompt_projection.",
+               ("embedding", 0), " --decoder-prompt-projection"))
 
 
 def keep_own_peft_weights(model: nn.Module, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
     """A checkpoint without adapters or prompts (the model being adapted) leaves this model's own as they start
-    (adapters as identity functions); a checkpoint with them needs a model built with them."""
+    (adapters as identity functions); a checkpoint with them needs a model built with them. The prompts of a
+    checkpoint's prompt projection load into a model built without one as computed."""
+    for part in ("encoder", "decoder"):
+        fold_prompt_projection(model, state_dict, prefix, part)
     weights = model.state_dict()
-    for option, name, scope, marker, (size_key, size_dim) in PEFT_PARTS:
+    for option, name, scope, marker, (size_key, size_dim), more in PEFT_PARTS:
         own = [key for key in weights if key.startswith(scope) and marker in key]
         saved = [key[len(prefix):] for key in state_dict
                  if key.startswith(prefix + scope) and marker in key[len(prefix):]]
@@ -185,7 +230,41 @@ def keep_own_peft_weights(model: nn.Module, state_dict: Dict[str, Tensor], prefi
             sized = [key for key in saved if key.endswith(size_key)]
             size = state_dict[prefix + sized[0]].size(size_dim) if sized else "N"
             raise ValueError(f"the checkpoint has {name} ({saved[0]}, ...) but this model has none: pass "
-                             f"--{option.replace('_', '-')} {size}")
+                             f"--{option.replace('_', '-')} {size}{more}")
+
+
+def fold_prompt_projection(model: nn.Module, state_dict: Dict[str, Tensor], prefix: str, part: str) -> None:
+    """A checkpoint's prompt projection of ``part`` (encoder or decoder) into a model with plain prompts: its
+    output replaces it, one prompt per layer. Plain prompts cannot go the other way."""
+    scope = f"{prefix}{part}."
+    projection = {key[len(scope + "prompt_projection."):]: key for key in state_dict
+                  if key.startswith(scope + "prompt_projection.")}
+    layers = getattr(model, part).layers
+    own_plain = any(layer.self_attn.prompt is not None for layer in layers)
+    if projection and own_plain:
+        names = ("embedding", "hidden.weight", "hidden.bias", "out.weight", "out.bias")
+        if set(projection) != set(names):
+            raise ValueError(f"the checkpoint's {part} prompt projection holds {sorted(projection)}, expected "
+                             f"{list(names)}")
+        tensors = [state_dict[projection[name]] for name in names]
+        layer_count = tensors[3].size(0) // (2 * tensors[0].size(1))
+        if layer_count != len(layers):
+            raise ValueError(f"the checkpoint's {part} prompt projection makes prompts for {layer_count} layers, "
+                             f"this model has {len(layers)}")
+        with torch.no_grad():
+            computed = project_prompts(*(tensor.float() for tensor in tensors), layer_count)
+        for index, prompt in enumerate(computed):
+            state_dict[f"{scope}layers.{index}.self_attn.prompt"] = prompt.to(tensors[0].dtype).contiguous()
+        for key in projection.values():
+            del state_dict[key]
+        logger.info("the checkpoint's %s prompt projection is folded: its %d layers' prompts load as computed", part,
+                    layer_count)
+    elif getattr(getattr(model, part), "prompt_projection", None) is not None:
+        plain = [key for key in state_dict if key.startswith(f"{scope}layers.") and key.endswith(".self_attn.prompt")]
+        if plain:
+            raise ValueError(f"the checkpoint's {part} prompts are plain tensors ({plain[0][len(prefix):]}, ...), "
+                             f"which no prompt projection computes: build the model without "
+                             f"--{part}-prompt-projection")
 
 
 def trains(module: nn.Module) -> bool:

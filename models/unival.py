@@ -19,7 +19,8 @@ from torch import Tensor
 from unival.models import cpu_linear, layers
 from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
-from unival.models.peft import apply_trainable, eval_untrained_backbones, keep_own_peft_weights, zero_adapters
+from unival.models.peft import (PromptProjection, apply_trainable, eval_untrained_backbones, keep_own_peft_weights,
+                                zero_adapters)
 from unival.models.video_encoders import VideoBackbone, video_position_ids, video_tokens
 from unival.models.layers import (DecoderLayer, EncoderLayer, IncrementalState, Linear, TokenEmbedding,
                                   drop_path_rates, late_gradient, padding_to_bias, reorder_effect,
@@ -109,6 +110,17 @@ class UnivalConfig(FairseqDataclass):
                                      "unless --unfreeze"})
     decoder_prompt_length: int = field(
         default=0, metadata={"help": "the same for every decoder self-attention layer"})
+    encoder_prompt_projection: bool = field(
+        default=False, metadata={"help": "compute the encoder prompts of all layers from one learned table through an "
+                                         "MLP (prefix tuning's reparametrisation, the original's option); a model "
+                                         "built without it loads the prompts it computes"})
+    encoder_prompt_dim: int = field(
+        default=0, metadata={"help": "hidden width of the encoder prompt projection (0: twice the embedding size, "
+                                     "the original's default)"})
+    decoder_prompt_projection: bool = field(
+        default=False, metadata={"help": "the same for the decoder prompts"})
+    decoder_prompt_dim: int = field(
+        default=0, metadata={"help": "hidden width of the decoder prompt projection (0: twice the embedding size)"})
     unfreeze: bool = field(
         default=False, metadata={"help": "with adapters or prompts, train the rest of the model too (less what a "
                                          "--freeze-* option fixes)"})
@@ -237,6 +249,15 @@ class PositionBias(nn.Module):
         return layered_relative_bias(self.token_rel_pos_table_list, buckets).unsqueeze(1)
 
 
+def prompt_projection(cfg: UnivalConfig, part: str) -> Optional[PromptProjection]:
+    """The prompt projection of ``part`` (encoder or decoder), if its options ask for one."""
+    if not getattr(cfg, f"{part}_prompt_projection"):
+        return None
+    dim = getattr(cfg, f"{part}_embed_dim")
+    return PromptProjection(getattr(cfg, f"{part}_prompt_length"), dim, getattr(cfg, f"{part}_prompt_dim") or 2 * dim,
+                            getattr(cfg, f"{part}_layers"))
+
+
 class UnivalEncoder(PositionBias, FairseqEncoder):
     """Text tokens and modality patches -> (T, B, C) states, with the position embeddings for the decoder."""
 
@@ -272,6 +293,7 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
         self.pos_k_linear = Linear(dim, dim)
         rates = drop_path_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
         self.layers = nn.ModuleList([EncoderLayer(cfg, rate) for rate in rates])
+        self.prompt_projection = prompt_projection(cfg, "encoder")
         self.layer_norm = nn.LayerNorm(dim)
         self.image_rel_pos_table_list = relative_tables(
             cfg.encoder_layers, num_image_relative_buckets(cfg.image_bucket_size), cfg.encoder_attention_heads)
@@ -391,8 +413,9 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
         absolute_bias = torch.matmul(pos_q, pos_k.transpose(2, 3))
         biases = self.attention_biases(absolute_bias, text_length, patch_positions, padding)
         states = [x] if return_all_hiddens else []
-        for layer, bias in zip(self.layers, biases):
-            x = layer(x, bias)
+        prompts = [None] * len(self.layers) if self.prompt_projection is None else self.prompt_projection()
+        for layer, bias, prompt in zip(self.layers, biases, prompts):
+            x = layer(x, bias, prompt)
             if return_all_hiddens:
                 states.append(x)
         x = self.layer_norm(x)
@@ -447,6 +470,7 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
                 cfg.decoder_layers, num_image_relative_buckets(cfg.image_bucket_size), cfg.decoder_attention_heads)
         rates = drop_path_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
         self.layers = nn.ModuleList([DecoderLayer(cfg, rate) for rate in rates])
+        self.prompt_projection = prompt_projection(cfg, "decoder")
         self.layer_norm = nn.LayerNorm(dim)
         self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
         self.output_projection.weight = embed_tokens.weight
@@ -539,12 +563,16 @@ class UnivalDecoder(PositionBias, FairseqIncrementalDecoder):
             biases = biases + self.causal_mask(prev_output_tokens, biases.dtype)
         source_rows = encoder_out["source_rows"][0] if encoder_out.get("source_rows") else None
         states = [x]
-        for layer, bias in zip(self.layers, biases):
+        prompts = [None] * len(self.layers)
+        if self.prompt_projection is not None and (incremental_state is None
+                                                   or not self.layers[0].self_attn.has_cache(incremental_state)):
+            prompts = self.prompt_projection()  # (in incremental decoding, the key cache holds them after a step)
+        for layer, bias, prompt in zip(self.layers, biases, prompts):
             # Incremental decoding calls the layers' own forward, uncompiled under --compile-layers: its key cache
             # grows by one at every step, which would recompile them step after step up to torch's limit.
             run = layer if incremental_state is None else layer.forward
             x = run(x, encoder_out["encoder_out"][0], bias.expand(batch, -1, -1, -1), cross_bias, incremental_state,
-                    source_rows)
+                    source_rows, prompt)
             states.append(x)
         x = self.layer_norm(x).transpose(0, 1)
         return x, {"attn": [None], "inner_states": states}

@@ -147,27 +147,31 @@ def test_merged_checkpoints_are_scored_and_finetuned_from_the_command_line(corpu
 
 
 def test_adapters_finetune_a_checkpoint_and_the_adapted_model_generates(corpus, trained, tmp_path):
-    """fairseq-train --adapter-dim --decoder-prompt-length from a trained model: fairseq optimises the adapters and
-    prompts alone (its own count of trained parameters), they change and nothing else does; fairseq-generate builds
-    the adapted model from its checkpoint and beam search carries the prompts in its cache."""
+    """fairseq-train --adapter-dim --decoder-prompt-length, and encoder prompts through a projection, from a trained
+    model: fairseq optimises the adapters and prompts alone (its own count of trained parameters), they change and
+    nothing else does; fairseq-generate builds the adapted model from its checkpoint and beam search carries the
+    prompts in its cache."""
     save_dir, _, _ = trained
     start = save_dir / "checkpoint_best.pt"
     result = run([str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir",
                   str(tmp_path / "adapted"), "--finetune-from-model", str(start), "--max-update", "4",
                   "--disable-validation", "--no-epoch-checkpoints"] + TRAIN_OPTIONS
-                 + ["--adapter-dim", "16", "--decoder-prompt-length", "2"],
+                 + ["--adapter-dim", "16", "--decoder-prompt-length", "2", "--encoder-prompt-length", "2",
+                    "--encoder-prompt-projection", "--encoder-prompt-dim", "8"],
                  tmp_path)
     log = result.stdout + result.stderr
     ours = re.search(r"parameters that train: (\d+) of (\d+) \([0-9.]+%\); only adapters, prompts", log)
     fairseqs = re.search(r"num\. trained: ([\d,]+)\)", log)
     assert ours and fairseqs, log[-3000:]
     adapters, prompts = 2 * 2 * (2 * 256 * 16 + 16 + 256), 2 * 2 * 2 * 256  # 2 + 2 layers; 2 decoder layers
-    assert int(fairseqs.group(1).replace(",", "")) == int(ours.group(1)) == adapters + prompts
+    projection = 2 * 256 + (256 * 8 + 8) + (8 * 2 * 2 * 256 + 2 * 2 * 256)  # table, MLP to 2 layers' keys and values
+    assert int(fairseqs.group(1).replace(",", "")) == int(ours.group(1)) == adapters + prompts + projection
     assert "the checkpoint has no adapters" in log and "the checkpoint has no decoder prompts" in log
+    assert "the checkpoint has no encoder prompt projection weights" in log
     before = torch.load(start, map_location="cpu", weights_only=False)["model"]
     after = torch.load(tmp_path / "adapted" / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
-    added = {key for key in after if ".adapter." in key or key.endswith(".prompt")}
-    assert set(after) - set(before) == added and len(added) == 4 * 4 + 2
+    added = {key for key in after if ".adapter." in key or key.endswith(".prompt") or ".prompt_projection." in key}
+    assert set(after) - set(before) == added and len(added) == 4 * 4 + 2 + 5
     assert all(torch.equal(after[key], value) for key, value in before.items()), "only adapters and prompts change"
     assert all(after[key].abs().sum() > 0 for key in after if key.endswith("adapter.up.weight"))
 

@@ -213,3 +213,74 @@ def test_a_checkpoint_with_prompts_needs_a_model_built_with_them():
     with pytest.raises(ValueError, match=r"the checkpoint has decoder prompts \(decoder.layers.0.self_attn.prompt, "
                                          r"...\) but this model has none: pass --decoder-prompt-length 5"):
         tiny_model().upgrade_state_dict_named(state, "")
+
+
+def projected(**options):
+    return tiny_model(encoder_prompt_length=3, decoder_prompt_length=2, encoder_prompt_projection=True,
+                      decoder_prompt_projection=True, decoder_prompt_dim=16, **options)
+
+
+def test_a_prompt_projection_computes_each_layers_prompt_and_trains_alone(caplog):
+    caplog.set_level(logging.INFO, logger="unival.models.peft")
+    model = projected()
+    names = ("embedding", "hidden.weight", "hidden.bias", "out.weight", "out.bias")
+    assert trainable(model) == {f"{part}.prompt_projection.{name}" for part in ("encoder", "decoder") for name in names}
+    assert model.encoder.prompt_projection.hidden.out_features == 128  # twice the embedding size by default
+    assert model.decoder.prompt_projection.hidden.out_features == 16
+    # layer i's keys and values: the i-th pair of embedding-sized slices of the MLP's output, at each prompt position
+    projection = model.decoder.prompt_projection
+    with torch.no_grad():
+        hidden = torch.relu(projection.embedding @ projection.hidden.weight.T + projection.hidden.bias)
+        output = (hidden @ projection.out.weight.T + projection.out.bias).view(2, 2 * 2, 64)  # (L, layers * 2, C)
+        assert torch.allclose(projection()[1, 0], output[:, 2], atol=1e-6)  # layer 1's keys
+        assert torch.allclose(projection()[1, 1], output[:, 3], atol=1e-6)  # layer 1's values
+    # the model being adapted has no prompts: the projections keep their initialisation
+    state = tiny_model().state_dict()
+    model.upgrade_state_dict_named(state, "")
+    model.load_state_dict(state, strict=True)
+    assert "the checkpoint has no encoder prompt projection weights: this model's 5 tensors" in caplog.text
+    inputs = batch(target=6)
+    tokens = inputs.pop("prev_output_tokens")
+    calls = []
+    projection.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        encoded = model.encoder(**inputs)
+        full, _ = model.decoder(tokens, encoded)
+        cache = {}
+        steps = [model.decoder(tokens[:, :t], encoded, incremental_state=cache)[0][:, -1] for t in range(1, 7)]
+    assert torch.allclose(torch.stack(steps, dim=1), full, atol=1e-5)
+    assert len(calls) == 2  # the full pass, then the first incremental step only: the key cache holds the prompts
+    model.train()(**inputs, prev_output_tokens=tokens)[0].logsumexp(-1).mean().backward()
+    assert all(parameter.grad.abs().sum() > 0 for parameter in prompts(model))
+
+
+def test_a_prompt_projection_folds_into_plain_prompts(caplog):
+    caplog.set_level(logging.INFO, logger="unival.models.peft")
+    model = projected()
+    with torch.no_grad():
+        for parameter in prompts(model):
+            parameter.add_(torch.randn_like(parameter) * 0.1)  # away from the small initial prompts
+    state = model.state_dict()
+    plain = tiny_model(encoder_prompt_length=3, decoder_prompt_length=2)
+    plain.upgrade_state_dict_named(state, "")
+    plain.load_state_dict(state, strict=True)
+    assert "the checkpoint's decoder prompt projection is folded: its 2 layers' prompts load as computed" in caplog.text
+    with torch.no_grad():
+        assert torch.equal(plain.encoder.layers[1].self_attn.prompt, model.encoder.prompt_projection()[1])
+        assert torch.allclose(plain(**batch())[0], model(**batch())[0], atol=1e-5)
+        assert not torch.allclose(tiny_model()(**batch())[0], model(**batch())[0], atol=1e-3)
+
+
+def test_prompt_projection_refusals():
+    with pytest.raises(ValueError, match=r"the checkpoint's encoder prompts are plain tensors "
+                                         r"\(encoder.layers.0.self_attn.prompt, ...\), which no prompt projection "
+                                         r"computes: build the model without --encoder-prompt-projection"):
+        projected().upgrade_state_dict_named(tiny_model(encoder_prompt_length=3).state_dict(), "")
+    with pytest.raises(ValueError, match=r"the checkpoint has decoder prompt projection weights "
+                                         r"\(decoder.prompt_projection.embedding, ...\) but this model has none: "
+                                         r"pass --decoder-prompt-length 2 --decoder-prompt-projection"):
+        tiny_model(encoder_prompt_length=3).upgrade_state_dict_named(projected().state_dict(), "")
+    with pytest.raises(ValueError, match="--encoder-prompt-projection given without --encoder-prompt-length"):
+        tiny_model(encoder_prompt_projection=True)
+    with pytest.raises(ValueError, match="--decoder-prompt-dim 8 given without --decoder-prompt-projection"):
+        tiny_model(decoder_prompt_length=2, decoder_prompt_dim=8)
