@@ -239,6 +239,9 @@ def caption_references(args, predictions: Predictions) -> Dict[str, List[str]]:
     if args.references:
         references = read_references(args.references, predictions.id_kind)
     elif predictions.targets:
+        logger.warning("references from the T- lines of %s: fairseq-generate prints one target per sample (a caption "
+                       "row's first reference), so each prediction is scored against one reference; pass "
+                       "--references with the split's TSV to score against all of them", args.predictions)
         references = predictions.targets
     else:
         raise InputError(f"{args.predictions}: no references given (--references) and no T- lines to take them from")
@@ -343,7 +346,7 @@ def boxes_of_generated_bins(args, predictions: Predictions) -> Dict[str, List[fl
         raise InputError("--task refcoco with fairseq-generate output needs --patch-image-size (the resolution the "
                          "model saw) to turn <bin> tokens into boxes")
     reader = TSVReader(references_file(args), cache_index=False)
-    media_dir = str(Path(args.references).parent)
+    media_dir = args.media_dir or str(Path(args.references).parent)
     try:
         boxes = {}
         for key, text in predictions.values.items():
@@ -516,7 +519,10 @@ def add_arguments(parser) -> None:
                              "'unival convert'): needs --data; task options such as --dict-file go after '--'")
     parser.add_argument("--references",
                         help="captions: TSV, JSON {id: [references]} or COCO annotations (default: the T- lines of "
-                             "fairseq-generate); other tasks: the task's TSV of the split")
+                             "fairseq-generate, one reference per sample); other tasks: the task's TSV of the split")
+    parser.add_argument("--media-dir",
+                        help="refcoco with fairseq-generate output: the folder the TSV's image paths are relative to "
+                             "(default: the references file's folder; the task's --media-dir)")
     parser.add_argument("--only-predicted-ids", action="store_true",
                         help="score only the reference ids that have a prediction (e.g. the Karpathy test images "
                              "against captions_val2014.json); without it a missing prediction is an error")

@@ -204,10 +204,11 @@ def test_cli_generate_output_against_tsv(tmp_path, generate_file, capsys):
     assert any(line.startswith("BLEU-4  ") for line in printed.splitlines())
 
 
-def test_cli_takes_references_from_target_lines(tmp_path, generate_file):
+def test_cli_takes_references_from_target_lines(tmp_path, generate_file, caplog):
     output = tmp_path / "results.json"
     code = cli_main(["evaluate", "--predictions", str(generate_file), "--metrics", "ROUGE_L", "--output", str(output)])
     assert code == 0
+    assert "each prediction is scored against one reference; pass --references" in caplog.text
     # Samples 0 and 1 match a reference exactly; sample 2 is empty.
     assert json.loads(output.read_text())["scores"]["ROUGE_L"] == pytest.approx(2 / 3, abs=1e-12)
 
@@ -325,6 +326,24 @@ def test_grounding_accuracy_by_size_from_json_and_from_generated_bins(tmp_path):
     assert json.loads(output.read_text())["scores"]["Acc@0.5"] == pytest.approx(200 / 3)
     assert cli_main(["evaluate", "--task", "refcoco", "--predictions", str(generated), "--references",
                      str(references)]) == 2
+
+
+def test_grounding_bins_read_image_sizes_from_the_media_dir(tmp_path):
+    """Prepared grounding TSVs name image files relative to the task's --media-dir, which may be anywhere."""
+    from PIL import Image
+    media = tmp_path / "coco" / "train2014"
+    media.mkdir(parents=True)
+    Image.new("RGB", (200, 100)).save(media / "a.jpg")
+    (tmp_path / "data").mkdir()
+    references = write_tsv(tmp_path / "data" / "refcoco_test.tsv", [["r0", "1", "left", "0,0,20,20",
+                                                                     "train2014/a.jpg"]])
+    generated = tmp_path / "gen.txt"
+    generated.write_text("D-0\t-0.1\t<bin_0><bin_0><bin_100><bin_200>\n")
+    command = ["evaluate", "--task", "refcoco", "--predictions", str(generated), "--references", str(references),
+               "--patch-image-size", "100", "--output", str(tmp_path / "r.json")]
+    assert cli_main(command) == 2  # beside the TSV: no such image
+    assert cli_main(command + ["--media-dir", str(tmp_path / "coco")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["scores"]["Acc@0.5"] == 100.0
 
 
 @pytest.mark.e2e
