@@ -60,6 +60,17 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+def unpickler_reason(message: str) -> str:
+    """The line of torch's weights-only error that says what failed (its message is several paragraphs)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and index + 1 < len(lines):
+            return lines[index + 1]
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip()
+    return lines[0] if lines else message
+
+
 def read_checkpoint(path: Union[str, Path], allow_unsafe: bool = False) -> Dict[str, Any]:
     """Unpickles a checkpoint with ``weights_only=True`` (only tensors and the few containers real
     checkpoints hold); ``allow_unsafe`` falls back to full unpickling, which can run code from the file."""
@@ -67,16 +78,27 @@ def read_checkpoint(path: Union[str, Path], allow_unsafe: bool = False) -> Dict[
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     allow_checkpoint_types()
+    with path.open("rb") as file:
+        start = file.read(4)
+    # torch.save writes a zip archive; torch < 1.6 and the original code's fairseq a pickle (protocol 2 and up)
+    if not (start.startswith(b"PK\x03\x04") or start[:1] == b"\x80"):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither the zip archive of torch.save nor a "
+                              f"pickle; it starts with {start!r})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        reason = unpickler_reason(str(err))
+        if "Unsupported global" not in reason:
+            raise CheckpointError(f"{path} is damaged or not a checkpoint: {reason}") from err
         if not allow_unsafe:
             raise CheckpointError(
-                f"{path} holds Python objects outside the weights-only allowlist ({err}). Loading it fully "
+                f"{path} holds Python objects outside the weights-only allowlist ({reason}). Loading it fully "
                 "can execute code stored in the file: pass allow_unsafe=True (--allow-unsafe-checkpoint) "
                 "only for files you trust") from err
-        warnings.warn(f"loading {path} with full unpickling (allow_unsafe=True): it can execute code")
-        return torch.load(path, map_location="cpu", weights_only=False)
+    except (EOFError, IndexError, RuntimeError) as err:  # a truncated pickle, or zip archive
+        raise CheckpointError(f"{path} is damaged or not a checkpoint: {err}") from err
+    warnings.warn(f"loading {path} with full unpickling (allow_unsafe=True): it can execute code")
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def config_from_original(args: argparse.Namespace) -> UnivalConfig:

@@ -161,3 +161,20 @@ def test_unsupported_original_encoders_are_named(fixtures_dir):
     state["cfg"]["model"].audio_encoder_name = "pann_cnn10"
     with pytest.raises(CheckpointError, match="audio-encoder-name pann_cnn10"):
         build_from_checkpoint(state)
+
+
+def test_files_that_are_not_checkpoints_are_named_as_such(tmp_path):
+    """A JSON file, or a checkpoint cut short, is no reason to suggest unsafe loading."""
+    text = tmp_path / "args.json"
+    text.write_text('{"lr": 0.1}')
+    with pytest.raises(CheckpointError, match=r"args.json is not a PyTorch checkpoint \(neither the zip archive of "
+                                              r"torch.save nor a pickle; it starts with b'\{\"lr'\)"):
+        read_checkpoint(text)
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": {"weight": torch.ones(1000)}}, whole)
+    for name, data in (("cut.pt", whole.read_bytes()[:2000]), ("legacy.pt", b"\x80\x02\x8a")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError, match=f"{name} is damaged or not a checkpoint") as raised:
+            read_checkpoint(tmp_path / name)
+        assert "allow_unsafe" not in str(raised.value)
+    assert torch.equal(read_checkpoint(whole)["model"]["weight"], torch.ones(1000))
