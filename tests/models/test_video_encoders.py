@@ -252,5 +252,7 @@ def test_video_position_ids_repeat_the_image_grid_each_time_step():
     assert ids.tolist() == first_step + first_step
     full = video_position_ids(1, 16, 16, bucket_size=16)
     assert full.shape == (256,) and full.min() == 1 and full.max() == 256  # the original's 257-row table
-    with pytest.raises(ValueError, match="17x16 patch grid does not fit"):
+    with pytest.raises(ValueError, match=r"17x16 patch grid \(the input resolution over the encoder.s stride\) does "
+                                         r"not fit the model.s 16x16 position grid \(--image-bucket-size 16, fixed "
+                                         r"once a model is trained\): lower the input resolution"):
         video_position_ids(1, 17, 16, bucket_size=16)
