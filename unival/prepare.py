@@ -4,9 +4,10 @@ import argparse
 import sys
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable, List, Tuple
 
-from unival.data_utils.prepare.common import MediaOptions, Written
+from unival.data_utils.prepare.common import MediaOptions, Written, staged_outputs
 
 DESCRIPTION = """Converts the public annotation files of a benchmark into the TSV files of its task (tab-separated,
 no header, one sample a line), written atomically into --out. Media columns hold paths relative to the media
@@ -253,7 +254,10 @@ def media_options(args) -> MediaOptions:
 
 def run(args) -> int:
     try:
-        written = DATASETS[args.dataset].convert(args, media_options(args))
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise NotADirectoryError(f"--out {args.out} is a file: it names the folder to write the TSV files into")
+        with staged_outputs():
+            written = DATASETS[args.dataset].convert(args, media_options(args))
     except (ValueError, OSError) as error:
         print(f"unival prepare {args.dataset}: error: {error}", file=sys.stderr)
         return 2

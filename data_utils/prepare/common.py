@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -36,7 +37,7 @@ class Written:
 
     def summary(self) -> str:
         notes = f" ({'; '.join(self.notes)})" if self.notes else ""
-        return f"wrote {self.path}: {self.rows} {self.unit}{notes}"
+        return f"wrote {self.path}: {counted(self.rows, self.unit[:-1])}{notes}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -270,18 +271,50 @@ class MediaFilter:
     def missing_message(self) -> str:
         shown = list(self.missing)[:MISSING_SHOWN]
         more = len(self.missing) - len(shown)
-        return (f"{self.output}: {len(self.missing)} media files not found under {self.options.media_dir} "
-                f"({self.skipped} rows), e.g. {', '.join(shown)}{f' and {more} more' if more else ''} "
-                f"(pass --skip-missing-media to leave their rows out)")
+        return (f"{self.output}: {counted(len(self.missing), 'media file')} not found under "
+                f"{self.options.media_dir} ({counted(self.skipped, 'row')}), e.g. {', '.join(shown)}"
+                f"{f' and {more} more' if more else ''} (pass --skip-missing-media to leave their rows out)")
+
+
+def counted(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Writing
 
 
+# (temporary file, destination) of each file written inside staged_outputs(), renamed when it ends
+_staged: Optional[List[Tuple[str, Path]]] = None
+
+
+@contextmanager
+def staged_outputs():
+    """The files written inside the block appear together when it ends without an error, and none otherwise: a
+    conversion that fails on its last split (a missing media file, found while writing it) leaves the output
+    folder as it was."""
+    global _staged
+    if _staged is not None:
+        raise RuntimeError("staged_outputs() blocks do not nest")
+    _staged = staged = []
+    try:
+        yield
+    except BaseException:
+        for temporary, _ in staged:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+        raise
+    else:
+        for temporary, path in staged:
+            os.replace(temporary, path)
+    finally:
+        _staged = None
+
+
 def atomic_write_lines(path: Path, lines: Iterable[str]) -> int:
-    """Writes ``lines`` (each without its newline) to a temporary file beside ``path``, then renames it: an
-    interrupted or failed run never leaves a half-written file. Returns the number of lines."""
+    """Writes ``lines`` (each without its newline) to a temporary file beside ``path``, then renames it (inside
+    ``staged_outputs``, when the block ends): an interrupted or failed run never leaves a half-written file.
+    Returns the number of lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     count = 0
@@ -290,7 +323,10 @@ def atomic_write_lines(path: Path, lines: Iterable[str]) -> int:
             for line in lines:
                 file.write(line + "\n")
                 count += 1
-        os.replace(temporary, path)
+        if _staged is None:
+            os.replace(temporary, path)
+        else:
+            _staged.append((temporary, path))
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -320,7 +356,7 @@ def write_split(path: Path, rows: Iterable[Sequence[Any]], media_column: int, me
     count = write_tsv(path, check(rows))
     notes = list(notes)
     if check.skipped:
-        notes.append(f"{check.skipped} rows skipped: {len(check.missing)} media files missing")
+        notes.append(f"{counted(check.skipped, 'row')} skipped: {counted(len(check.missing), 'media file')} missing")
     return Written(path, count, notes)
 
 

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from unival.data_utils.answers import parse_answers
 from unival.data_utils.media import MAX_PATH, base64_bytes
 from unival.data_utils.prepare.common import (REFERENCE_SEPARATOR, MediaFilter, MediaOptions, PrepareError,
-                                              Written, require_files, write_tsv)
+                                              Written, counted, require_files, write_tsv)
 from unival.data_utils.transforms import parse_box
 
 UNIFY_COLUMNS = ("uniq_id", "media", "caption", "question", "refs", "gt_objects", "dataset_name", "type")
@@ -227,5 +227,5 @@ def prepare_pretraining(out: Union[str, Path], stream: str, split: str = "train"
     skipped = sum(check.skipped for check in checks)
     if skipped:
         missing = {field for check in checks for field in check.missing}
-        written.notes.append(f"{skipped} rows skipped: {len(missing)} media files missing")
+        written.notes.append(f"{counted(skipped, 'row')} skipped: {counted(len(missing), 'media file')} missing")
     return [written]

@@ -126,9 +126,9 @@ def test_missing_media_is_an_error_listing_the_first_few(tmp_path, media_dir):
 def test_skipping_missing_media_counts_the_rows(tmp_path, media_dir):
     options = MediaOptions(media_dir=str(media_dir), skip_missing=True)
     written = write_split(tmp_path / "a.tsv", rows_with_media(["a.jpg", "b.jpg", "b.jpg", "a.jpg"]), 1, options)
-    assert (written.rows, written.notes) == (2, ["2 rows skipped: 1 media files missing"])
+    assert (written.rows, written.notes) == (2, ["2 rows skipped: 1 media file missing"])
     assert (tmp_path / "a.tsv").read_text() == "0\timg/a.jpg\n3\timg/a.jpg\n"
-    assert written.summary() == f"wrote {tmp_path / 'a.tsv'}: 2 rows (2 rows skipped: 1 media files missing)"
+    assert written.summary() == f"wrote {tmp_path / 'a.tsv'}: 2 rows (2 rows skipped: 1 media file missing)"
 
 
 def test_embedding_stores_the_base64_of_the_file(media_dir):

@@ -330,9 +330,9 @@ def test_snli_ve_missing_images_are_reported_or_skipped(tmp_path):
     (media / "flickr30k_images" / "1.jpg").write_bytes(b"jpg")
     path = write_jsonl(tmp_path / "snli_ve_test.jsonl", [snli_record("Flickr30K_ID", str(k), "p", "h", "neutral")
                                                          for k in (1, 2, 1)])
-    with pytest.raises(MissingMediaError, match=r"1 media files not found under .*flickr \(1 rows\), e\.g\. "
+    with pytest.raises(MissingMediaError, match=r"1 media file not found under .*flickr \(1 row\), e\.g\. "
                                                 r"flickr30k_images/2\.jpg"):
         prepare_snli_ve(tmp_path, test=path, media=MediaOptions(media_dir=str(media), check=True))
     (written,) = prepare_snli_ve(tmp_path, test=path, media=MediaOptions(media_dir=str(media), skip_missing=True))
-    assert (written.rows, written.notes) == (2, ["1 rows skipped: 1 media files missing"])
+    assert (written.rows, written.notes) == (2, ["1 row skipped: 1 media file missing"])
     assert [row[0] for row in read_rows(tmp_path / "snli_ve_test.tsv")] == ["0", "2"]

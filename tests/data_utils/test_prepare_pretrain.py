@@ -155,8 +155,8 @@ def test_check_media_passes_base64_images_and_checks_paths(corpus, tmp_path):
     missing_video = write_lines(tmp_path / "clips.tsv", ["0\t0\ta clip\t-\tvideos/000000.mp4",
                                                          "1\t9\tanother clip\t-\tvideos/000009.mp4"])
     inputs = [("caption", corpus / "caption_valid.tsv"), ("video-caption", missing_video)]
-    with pytest.raises(MissingMediaError, match=re.escape(f"{missing_video}: 1 media files not found under "
-                                                          f"{corpus} (1 rows), e.g. videos/000009.mp4")):
+    with pytest.raises(MissingMediaError, match=re.escape(f"{missing_video}: 1 media file not found under "
+                                                          f"{corpus} (1 row), e.g. videos/000009.mp4")):
         prepare_pretraining(tmp_path / "out", "mixed", "train", inputs, MediaOptions(str(corpus), check=True))
     assert not (tmp_path / "out" / "mixed_train.tsv").exists()
     written = prepare_pretraining(tmp_path / "out", "mixed", "train", inputs,
@@ -164,7 +164,7 @@ def test_check_media_passes_base64_images_and_checks_paths(corpus, tmp_path):
     rows = read_rows(tmp_path / "out" / "mixed_train.tsv")
     assert rows == caption_rows(corpus / "caption_valid.tsv", "caption_valid") + [
         ["clips-0", "videos/000000.mp4", "a clip", "", "", "", "clips", "video_caption"]]
-    assert written[0].notes == ["2 caption, 1 video_caption", "1 rows skipped: 1 media files missing"]
+    assert written[0].notes == ["2 caption, 1 video_caption", "1 row skipped: 1 media file missing"]
 
 
 def test_embed_images_embeds_image_paths_only(corpus, tmp_path):

@@ -193,7 +193,7 @@ def test_audiocaps_missing_audio_is_reported(audiocaps_files, tmp_path):
     media = tmp_path / "audio"
     media.mkdir()
     (media / "r1nicOVtvkQ_130.wav").write_bytes(b"RIFF")
-    with pytest.raises(MissingMediaError, match=r"audio_caption_train\.tsv: 1 media files not found .* "
+    with pytest.raises(MissingMediaError, match=r"audio_caption_train\.tsv: 1 media file not found .* "
                                                 r"e\.g\. UDGBjjwyaqE_20\.wav"):
         prepare_audiocaps(tmp_path, train=audiocaps_files[0], media=MediaOptions(media_dir=str(media), check=True))
 

@@ -29,8 +29,8 @@ def test_coco_caption_through_the_cli(karpathy_json, tmp_path, capsys):
     assert main(["prepare", "coco-caption", "--karpathy-json", str(karpathy_json), "--out", str(out),
                  "--exclude-restval"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"wrote {out / 'caption_train.tsv'}: 2 rows", f"wrote {out / 'caption_valid.tsv'}: 1 rows",
-        f"wrote {out / 'caption_test.tsv'}: 1 rows"]
+        f"wrote {out / 'caption_train.tsv'}: 2 rows", f"wrote {out / 'caption_valid.tsv'}: 1 row",
+        f"wrote {out / 'caption_test.tsv'}: 1 row"]
     assert read_rows(out / "caption_train.tsv") == [
         ["0", "1", "caption 1 0", "", "val2014/COCO_val2014_000000000001.jpg"],
         ["1", "1", "caption 1 1", "", "val2014/COCO_val2014_000000000001.jpg"]]
@@ -48,11 +48,29 @@ def test_missing_media_through_the_cli(karpathy_json, tmp_path, capsys):
     assert main(arguments + ["--check-media"]) == 2
     error = capsys.readouterr().err
     assert "unival prepare coco-caption: error:" in error
-    assert "1 media files not found under" in error and "val2014/COCO_val2014_000000000002.jpg" in error
+    assert "1 media file not found under" in error and "val2014/COCO_val2014_000000000002.jpg" in error
     assert not (tmp_path / "data" / "caption_train.tsv").exists()
     assert main(arguments + ["--skip-missing-media"]) == 0
-    assert f"wrote {tmp_path / 'data' / 'caption_train.tsv'}: 2 rows (2 rows skipped: 1 media files missing)" in \
+    assert f"wrote {tmp_path / 'data' / 'caption_train.tsv'}: 2 rows (2 rows skipped: 1 media file missing)" in \
         capsys.readouterr().out.splitlines()
+
+
+def test_a_failure_in_the_last_split_leaves_the_output_folder_as_it_was(karpathy_json, tmp_path, capsys):
+    media = tmp_path / "coco" / "val2014"
+    media.mkdir(parents=True)
+    for k in (1, 2, 3):  # the test split's image (4) is missing
+        (media / f"COCO_val2014_{k:012d}.jpg").write_bytes(b"jpg")
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "caption_train.tsv").write_text("an earlier run's file\n")
+    assert main(["prepare", "coco-caption", "--karpathy-json", str(karpathy_json), "--out", str(out),
+                 "--media-dir", str(tmp_path / "coco"), "--check-media"]) == 2
+    assert "caption_test.tsv: 1 media file not found under" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["caption_train.tsv"]  # no temporary file left either
+    assert (out / "caption_train.tsv").read_text() == "an earlier run's file\n"
+    assert main(["prepare", "coco-caption", "--karpathy-json", str(karpathy_json), "--out",
+                 str(out / "caption_train.tsv")]) == 2
+    assert "--out " + str(out / "caption_train.tsv") + " is a file: it names the folder" in capsys.readouterr().err
 
 
 def test_bad_input_is_an_error_naming_the_file_and_line(tmp_path, capsys):
@@ -71,8 +89,8 @@ def test_msvd_qa_through_the_cli(tmp_path, capsys):
     assert main(["prepare", "msvd-qa", "--train", str(tmp_path / "train_qa.json"), "--youtube-mapping",
                  str(tmp_path / "youtube_mapping.txt"), "--out", str(tmp_path / "out"),
                  "--video-extension", "mp4"]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'out' / 'answers.txt'}: 1 answers",
-                                                    f"wrote {tmp_path / 'out' / 'video_vqa_train.tsv'}: 1 rows"]
+    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'out' / 'answers.txt'}: 1 answer",
+                                                    f"wrote {tmp_path / 'out' / 'video_vqa_train.tsv'}: 1 row"]
     assert read_rows(tmp_path / "out" / "video_vqa_train.tsv") == [
         ["0", "clip_a", "who?", "1.0|!+man", "-", "YouTubeClips/clip_a.mp4"]]
 
