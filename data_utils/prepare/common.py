@@ -2,6 +2,7 @@
 checking or embedding the media a row names, and writing TSV files atomically."""
 import base64
 import csv
+import io
 import json
 import os
 import pickle
@@ -75,8 +76,9 @@ def load_json(path: Union[str, Path], option: str) -> Any:
 def json_lines(path: Union[str, Path], option: str) -> Iterator[Tuple[int, dict]]:
     """(1-based line number, object) of each non-blank line of a JSON-lines file."""
     path = require_file(path, option)
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            line = utf8_text(raw, path, number)
             if not line.strip():
                 continue
             try:
@@ -93,8 +95,11 @@ def csv_records(path: Union[str, Path], option: str, columns: Sequence[str]) -> 
     number is the record's first line (quoted fields may span lines)."""
     path = require_file(path, option)
     # utf-8-sig: spreadsheet exports start with a byte-order mark that would otherwise stick to the first name.
-    with open(path, encoding="utf-8-sig", newline="") as file:
-        reader = csv.reader(file)
+    text = utf8_text(path.read_bytes(), path, encoding="utf-8-sig")
+    # strict: a quote left open (which would swallow the rest of the file into one field) is an error
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    try:
         try:
             header = next(reader)
         except StopIteration:
@@ -113,6 +118,19 @@ def csv_records(path: Union[str, Path], option: str, columns: Sequence[str]) -> 
                                    f"got {len(values)}")
             yield start, dict(zip(header, values))
             start = reader.line_num + 1
+    except csv.Error as err:
+        raise PrepareError(f"{path}:{start}: malformed CSV record ({err}; a quote left open?)") from err
+
+
+def utf8_text(data: bytes, path: Path, line: Optional[int] = None, encoding: str = "utf-8") -> str:
+    """``data`` decoded; an error names the file and the line (``line``, or counted in ``data``) and the byte."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        number = line if line is not None else data[:err.start].count(b"\n") + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise PrepareError(f"{path}:{number}: not UTF-8 text (byte {data[err.start]:#04x} at column {column}); "
+                           "convert the file to UTF-8") from err
 
 
 class PlainDataUnpickler(pickle.Unpickler):

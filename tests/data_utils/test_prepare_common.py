@@ -149,3 +149,19 @@ def test_answers_field_formats_candidates_and_refuses_separators():
     assert answers_field([(1.0, "two"), (0.6, "2")], "q 1") == "1.0|!+two&&0.6|!+2"
     with pytest.raises(PrepareError, match=r"q 1: the answer 'r&&b' contains a separator"):
         answers_field([(1.0, "r&&b")], "q 1")
+
+
+def test_text_that_is_not_utf8_or_a_quote_left_open_is_an_error_naming_the_line(tmp_path):
+    latin = tmp_path / "captions.csv"
+    latin.write_bytes("file_name,caption\na.wav,a dog barks\nb.wav,un café\n".encode("latin-1"))
+    with pytest.raises(PrepareError, match=r"captions\.csv:3: not UTF-8 text \(byte 0xe9 at column 13\)"):
+        list(csv_records(latin, "--development", ["file_name", "caption"]))
+    lines = tmp_path / "train.jsonl"
+    lines.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n')
+    with pytest.raises(PrepareError, match=r"train\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 11\)"):
+        list(json_lines(lines, "--train"))
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('file_name,caption\na.wav,"a dog\nb.wav,a cat\n')
+    with pytest.raises(PrepareError, match=r"quoted\.csv:2: malformed CSV record \(unexpected end of data; a quote "
+                                           r"left open\?\)"):
+        list(csv_records(quoted, "--development", ["file_name", "caption"]))
