@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -62,9 +63,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    state = read_checkpoint(args.checkpoint, allow_unsafe=args.allow_unsafe_checkpoint)
-    model, _ = build_from_checkpoint(state, ema=args.ema, source=args.checkpoint)
-    out = export_safetensors(model, args.out)
+    try:
+        state = read_checkpoint(args.checkpoint, allow_unsafe=args.allow_unsafe_checkpoint)
+        model, _ = build_from_checkpoint(state, ema=args.ema, source=args.checkpoint)
+        out = export_safetensors(model, args.out)
+    except (ValueError, OSError) as error:
+        print(f"unival convert: error: {error}", file=sys.stderr)
+        return 2
     count = sum(p.numel() for p in model.parameters())
     print(f"wrote {out / WEIGHTS_FILE} and {out / CONFIG_FILE} ({count / 1e6:.1f}M parameters)")
     return 0

@@ -104,11 +104,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    command = train_command(args.config, args.data, args.save_dir, args.passthrough)
     try:
+        command = train_command(args.config, args.data, args.save_dir, args.passthrough)
         check_precision_options(command)
-    except ValueError as error:
-        raise SystemExit(f"unival train: {error}")
+    except (ValueError, OSError) as error:
+        print(f"unival train: error: {error}", file=sys.stderr)
+        return 2
     env, allocator = environment_or_exit(args.malloc, "train")
     print("+ " + " ".join(shlex.quote(part) for part in command), flush=True)
     print(f"[unival] {allocator}", flush=True)

@@ -120,6 +120,15 @@ def test_convert_round_trip_gives_identical_outputs(original, tmp_path):
     assert torch.equal(logits_of(unival.load_checkpoint(tmp_path / "converted"), batch), reference)
 
 
+def test_convert_errors_are_one_line(tmp_path, capsys):
+    assert cli_main(["convert", str(tmp_path / "none.pt"), "--out", str(tmp_path / "converted")]) == 2
+    assert capsys.readouterr().err == f"unival convert: error: checkpoint not found: {tmp_path / 'none.pt'}\n"
+    (tmp_path / "args.json").write_text("{}")
+    assert cli_main(["convert", str(tmp_path / "args.json"), "--out", str(tmp_path / "converted")]) == 2
+    assert "args.json is not a PyTorch checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "converted").exists()
+
+
 def multimodal_checkpoint(folder):
     """A state dict with the names, shapes and dtypes of the original's image+video+audio model (random
     values; the derived position buckets computed as the original does), with its arguments."""

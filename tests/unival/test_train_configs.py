@@ -1,6 +1,8 @@
 """Every YAML config loads, starts with the command that runs it, and turns into fairseq-train options
 that fairseq's own parser accepts; `unival train` passes paths and extra options through."""
 
+import re
+
 import pytest
 from fairseq import options
 
@@ -53,9 +55,11 @@ def test_fairseqs_bf16_is_refused_because_fairseq_makes_it_a_tpu_run(flag, tmp_p
     args = options.parse_args_and_arch(options.get_training_parser(),
                                        input_args=train_command("caption/demo", str(tmp_path), "out", [flag])[1:])
     assert args.tpu
-    with pytest.raises(SystemExit, match=f"unival train: {flag} makes fairseq-train a TPU run.*--autocast-bf16"):
-        cli_main(["train", "caption/demo", "--data", str(tmp_path), "--save-dir", "out", "--dry-run", "--", flag])
-    assert capsys.readouterr().out == ""  # refused before anything is printed or run
+    assert cli_main(["train", "caption/demo", "--data", str(tmp_path), "--save-dir", "out", "--dry-run", "--",
+                     flag]) == 2
+    printed = capsys.readouterr()
+    assert re.search(f"unival train: error: {flag} makes fairseq-train a TPU run.*--autocast-bf16", printed.err)
+    assert printed.out == ""  # refused before anything is printed or run
     assert cli_main(["train", "caption/demo", "--data", str(tmp_path), "--save-dir", "out", "--dry-run", "--",
                      flag, "--tpu"]) == 0  # a real TPU run is the caller's business
 
@@ -78,9 +82,11 @@ def test_fairseq_train_itself_refuses_bf16_before_building_the_model(flag, tmp_p
     refuse_tpu_run_without_torch_xla(task_cfg(["--autocast-bf16"]))  # no error
 
 
-def test_unknown_config_names_the_places_searched():
+def test_unknown_config_names_the_places_searched(capsys):
     with pytest.raises(FileNotFoundError, match="nonexistent"):
         train_command("nonexistent/config", "data", "save")
+    assert cli_main(["train", "nonexistent/config", "--data", "data", "--save-dir", "save"]) == 2
+    assert capsys.readouterr().err.startswith("unival train: error: config 'nonexistent/config' not found (looked at ")
 
 
 def test_help_lists_every_subcommand(capsys):
