@@ -191,7 +191,9 @@ evaluate_splits() {
   [ "$#" -eq 0 ] || shift
   CHECKPOINT="${CHECKPOINT:-$SAVE_DIR/checkpoint_best.pt}"
   require_dir DATA
-  require_file CHECKPOINT DICT_FILE
+  require_file DICT_FILE
+  # a dry run may print the commands before training has written the checkpoint
+  [ "${DRY_RUN:-0}" != "0" ] || require_file CHECKPOINT
   media_args
   evaluation_args
   local unival split

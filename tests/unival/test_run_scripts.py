@@ -194,6 +194,15 @@ def test_evaluation_takes_the_task_options_of_the_training_config(config, paths)
     assert args.task == task and args.dict_file == paths["DICT_FILE"]
 
 
+def test_evaluate_dry_run_prints_the_commands_before_training(paths, tmp_path):
+    untrained = {**paths, "SAVE_DIR": str(tmp_path / "not_yet_trained"), "NUM_GPUS": "0"}
+    result = run("refcoco/evaluate.sh", {**untrained, "DRY_RUN": "1"})
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3 and str(tmp_path / "not_yet_trained/checkpoint_best.pt") in result.stdout
+    result = run("refcoco/evaluate.sh", untrained)
+    assert result.returncode != 0 and "checkpoint_best.pt: no such file" in result.stderr
+
+
 def test_evaluate_runs_the_command_and_splits_can_be_chosen(paths):
     result = run("snli_ve/evaluate.sh", {**paths, "SPLITS": "test", "CHECKPOINT": paths["INIT_CHECKPOINT"]},
                  "--patch-image-size", "384")
