@@ -166,7 +166,11 @@ class UnivalTask(FairseqTask):
             dictionary = build_unified_dictionary(bpe_dict_path=cfg.dict_file, code_dict_size=cfg.code_dict_size,
                                                   num_bins=cfg.num_bins)
         else:
-            paths = cls.vocabulary_paths(cfg)
+            try:
+                paths = cls.vocabulary_paths(cfg)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"without --dict-file the vocabulary is built from the training split: {err} "
+                                        "(or pass the --dict-file the model was trained with)") from err
             logger.info("no --dict-file: building the vocabulary from %s", ", ".join(map(str, paths)))
             readers = [TSVReader(str(path), selected_cols=cls.parse_columns(cfg)) for path in paths]
             texts = itertools.chain(*(cls.corpus_texts(readable_rows(reader, cfg.skip_bad_rows)) for reader in readers),
@@ -221,8 +225,11 @@ class UnivalTask(FairseqTask):
         name = f"{cfg.tsv_prefix}_{split}.tsv" if cfg.tsv_prefix else f"{split}.tsv"
         path = Path(cfg.data) / name
         if not path.is_file():
+            others = sorted(other.name[:-len(f"_{split}.tsv")] for other in Path(cfg.data).glob(f"*_{split}.tsv"))
+            hint = f"; the folder has {', '.join(f'{prefix}_{split}.tsv' for prefix in others)}: pass " \
+                f"--tsv-prefix {others[0]}" if others and cfg.tsv_prefix not in others else ""
             raise FileNotFoundError(f"split {split!r}: {path} not found (data folder {cfg.data}, "
-                                    f"--tsv-prefix {cfg.tsv_prefix!r})")
+                                    f"--tsv-prefix {cfg.tsv_prefix!r}){hint}")
         return path
 
     @staticmethod

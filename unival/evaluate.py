@@ -432,8 +432,13 @@ def evaluate_checkpoint(args) -> Dict:
 
     if not args.data:
         raise InputError("--checkpoint needs --data (the folder of the task's TSV files)")
-    from unival.train import task_options_argv
+    from unival.train import find_config, load_config, task_options_argv
 
+    if args.config:
+        config_task = load_config(find_config(args.config)).get("task")
+        if config_task != args.task:
+            raise InputError(f"--config {args.config} is a config of the {config_task} task, not of --task "
+                             f"{args.task}")
     given = (task_options_argv(args.config) if args.config else []) + list(args.passthrough)
     if Path(args.checkpoint).is_dir():  # a folder of `unival convert`: no task options stored
         state, trained_with = None, None

@@ -121,6 +121,15 @@ def test_missing_split_file_is_named(tmp_path):
         task.load_dataset("test")
 
 
+def test_a_vocabulary_split_under_another_prefix_is_pointed_at(tmp_path):
+    write_split(tmp_path, "train", GOOD)
+    with pytest.raises(FileNotFoundError, match=r"without --dict-file the vocabulary is built from the training "
+                                                r"split: split 'train': .*train.tsv not found \(data folder .*, "
+                                                r"--tsv-prefix ''\); the folder has caption_train.tsv: pass "
+                                                r"--tsv-prefix caption \(or pass the --dict-file"):
+        make_task(tmp_path, tsv_prefix="")
+
+
 def test_generation_starts_from_bos(tmp_path):
     write_split(tmp_path, "train", GOOD)
     task = make_task(tmp_path)

@@ -374,3 +374,9 @@ def test_evaluating_a_checkpoint_takes_the_input_options_of_its_training_unless_
                                                                    "--imagenet-default-mean-and-std",
                                                                    "--num-frames", "16"]
     assert adopted_input_options("caption", {}, []) == []
+
+
+def test_a_config_of_another_task_is_refused(tmp_path, capsys):
+    assert cli_main(["evaluate", "--task", "refcoco", "--checkpoint", str(tmp_path / "model.pt"), "--data",
+                     str(tmp_path), "--config", "caption/demo"]) == 2
+    assert "--config caption/demo is a config of the caption task, not of --task refcoco" in capsys.readouterr().err
