@@ -29,6 +29,9 @@ def corner_box(bbox, width: float, height: float, clip: bool, where: str) -> Tup
             isinstance(v, NUMBER) and not isinstance(v, bool) for v in bbox):
         raise PrepareError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
     x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:  # no clipping mends it
+        raise PrepareError(f"{where}: bbox {list(bbox)} has a width or height of zero or less (COCO boxes are "
+                           "[x, y, width, height])")
     box = [round(v, 2) for v in (x, y, x + w, y + h)]
     limits = (width, height, width, height)
     outside = any(v < -BOX_TOLERANCE or v > limit + BOX_TOLERANCE for v, limit in zip(box, limits))

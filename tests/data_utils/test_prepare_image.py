@@ -263,8 +263,13 @@ def test_box_outside_the_image_is_an_error_naming_the_ref_or_is_clipped(refcoco_
 def test_corner_box_rejects_bad_and_empty_boxes():
     with pytest.raises(PrepareError, match="ref 5: bbox must be 4 numbers"):
         corner_box([1, 2, 3], 10, 10, False, "ref 5")
-    with pytest.raises(PrepareError, match="ref 5: empty box"):
-        corner_box([1, 2, 0, 3], 10, 10, False, "ref 5")
+    for bbox in ([1, 2, 0, 3], [10, 5, -30, 40]):
+        for clip in (False, True):  # no --clip-boxes hint: clipping cannot mend it
+            with pytest.raises(PrepareError, match=r"ref 5: bbox \[.*\] has a width or height of zero or less "
+                                                   r"\(COCO boxes are \[x, y, width, height\]\)$"):
+                corner_box(bbox, 100, 80, clip, "ref 5")
+    with pytest.raises(PrepareError, match="ref 5: empty box 10.00,0.00,10.00,5.00"):  # wholly outside, clipped
+        corner_box([12, -10, 3, 15], 10, 10, True, "ref 5")
     # up to a pixel outside is annotation rounding: clipped without an error
     assert corner_box([-0.8, 0, 10.8, 10.004], 10, 10, False, "ref 5") == (0.0, 0.0, 10.0, 10.0)
 
