@@ -1,15 +1,27 @@
 """In-process prediction for a split: the same task and batching that ``fairseq-generate`` uses, returning each
 task's predictions and references by sample id (for the demo, ``unival evaluate --checkpoint`` and the Python API)."""
 import logging
+import warnings
 from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from fairseq import checkpoint_utils, options, tasks, utils
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.dataclass import utils as dataclass_utils
 
 
 logger = logging.getLogger(__name__)
+
+
+def convert_namespace_to_omegaconf(args):
+    """fairseq's conversion of parsed arguments to its config, without the six deprecation warnings (twenty lines)
+    that fairseq's use of Hydra's old API prints at each call: they say nothing about the user's options."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"hydra\.")
+        warnings.filterwarnings("ignore", message=r"(?s).*(is no longer experimental|version_base parameter is not "
+                                                  r"specified|deprecated keyword in package header|validated against "
+                                                  r"ConfigStore schema|strict flag in the compose API)")
+        return dataclass_utils.convert_namespace_to_omegaconf(args)
 
 
 def config_from_train_args(argv: List[str]):
