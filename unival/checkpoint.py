@@ -270,10 +270,10 @@ def load_checkpoint_and_task_options(path: Union[str, Path], ema: bool = False,
                                      allow_unsafe: bool = False) -> Tuple[UnivalModel, Optional[Dict[str, Any]]]:
     """``load_checkpoint``'s model and the task options it was trained with (image size, frames...), which a
     checkpoint file holds (fairseq's ``cfg['task']``, or the original's argument namespace); None for a folder of
-    ``unival convert``."""
+    ``unival convert`` made without them."""
     if Path(path).is_dir():
-        from unival.convert import load_safetensors
-        return load_safetensors(path, dictionary=dictionary), None
+        from unival.convert import load_safetensors, stored_folder_task_options
+        return load_safetensors(path, dictionary=dictionary), stored_folder_task_options(path)
     state = read_checkpoint(path, allow_unsafe=allow_unsafe)
     model, _ = build_from_checkpoint(state, ema=ema, dictionary=dictionary, source=str(path))
     return model.eval(), stored_task_options(state)

@@ -5,12 +5,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from fairseq.data import Dictionary
 from safetensors.torch import load_model, save_model
 
-from unival.checkpoint import CheckpointError, build_from_checkpoint, placeholder_dictionary, read_checkpoint
+from unival.checkpoint import (CheckpointError, build_from_checkpoint, placeholder_dictionary, read_checkpoint,
+                               stored_task_options)
 from unival.models.unival import UnivalConfig, UnivalModel
 
 logger = logging.getLogger(__name__)
@@ -20,12 +21,17 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-def export_safetensors(model: UnivalModel, out_dir: Union[str, Path]) -> Path:
-    """Writes the model's weights and config into ``out_dir``; returns the folder."""
+def export_safetensors(model: UnivalModel, out_dir: Union[str, Path],
+                       task_options: Optional[Dict[str, Any]] = None) -> Path:
+    """Writes the model's weights and config into ``out_dir``, with the task options it was trained with (image
+    size, frames...: what ``unival evaluate`` adopts) where given; returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = {"format": FORMAT, "vocab_size": len(model.encoder.dictionary),
               "model": dataclasses.asdict(model.cfg)}
+    if task_options:
+        config["task"] = {key: plain for key, plain in ((key, json_value(value)) for key, value in task_options.items())
+                          if plain is not UNSTORED}
     # Written under temporary names, then renamed: an interrupted export leaves no half-written model.
     save_model(model, str(out / (WEIGHTS_FILE + ".tmp")))
     (out / (CONFIG_FILE + ".tmp")).write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -34,15 +40,38 @@ def export_safetensors(model: UnivalModel, out_dir: Union[str, Path]) -> Path:
     return out
 
 
-def load_safetensors(folder: Union[str, Path], dictionary: Optional[Dictionary] = None) -> UnivalModel:
-    """Builds the model exported by :func:`export_safetensors` (in eval mode)."""
-    folder = Path(folder)
-    config_path = folder / CONFIG_FILE
+UNSTORED = object()
+
+
+def json_value(value: Any) -> Any:
+    """``value`` as JSON holds it (lists of plain values included), or ``UNSTORED``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        items = [json_value(item) for item in value]
+        return UNSTORED if any(item is UNSTORED for item in items) else items
+    return UNSTORED
+
+
+def read_config(folder: Union[str, Path]) -> Dict[str, Any]:
+    config_path = Path(folder) / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: not a folder written by `unival convert`")
     config = json.loads(config_path.read_text())
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{config_path}: unknown format {config.get('format')!r} (expected {FORMAT})")
+    return config
+
+
+def stored_folder_task_options(folder: Union[str, Path]) -> Optional[Dict[str, Any]]:
+    """The task options a converted model was trained with; None for folders converted without them."""
+    return read_config(folder).get("task")
+
+
+def load_safetensors(folder: Union[str, Path], dictionary: Optional[Dictionary] = None) -> UnivalModel:
+    """Builds the model exported by :func:`export_safetensors` (in eval mode)."""
+    folder = Path(folder)
+    config = read_config(folder)
     cfg = UnivalConfig(**config["model"])
     vocab_size = config["vocab_size"]
     if dictionary is None:
@@ -66,7 +95,7 @@ def run(args) -> int:
     try:
         state = read_checkpoint(args.checkpoint, allow_unsafe=args.allow_unsafe_checkpoint)
         model, _ = build_from_checkpoint(state, ema=args.ema, source=args.checkpoint)
-        out = export_safetensors(model, args.out)
+        out = export_safetensors(model, args.out, stored_task_options(state))
     except (ValueError, OSError) as error:
         print(f"unival convert: error: {error}", file=sys.stderr)
         return 2

@@ -440,8 +440,9 @@ def evaluate_checkpoint(args) -> Dict:
             raise InputError(f"--config {args.config} is a config of the {config_task} task, not of --task "
                              f"{args.task}")
     given = (task_options_argv(args.config) if args.config else []) + list(args.passthrough)
-    if Path(args.checkpoint).is_dir():  # a folder of `unival convert`: no task options stored
-        state, trained_with = None, None
+    if Path(args.checkpoint).is_dir():  # a folder of `unival convert`: the task options it stored, if any
+        from unival.convert import stored_folder_task_options
+        state, trained_with = None, stored_folder_task_options(args.checkpoint)
     else:
         state = read_checkpoint(args.checkpoint)
         trained_with = stored_task_options(state)

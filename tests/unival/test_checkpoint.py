@@ -118,6 +118,12 @@ def test_convert_round_trip_gives_identical_outputs(original, tmp_path):
     reference = logits_of(unival.load_checkpoint(path), batch)
     assert torch.equal(logits_of(load_safetensors(tmp_path / "converted"), batch), reference)
     assert torch.equal(logits_of(unival.load_checkpoint(tmp_path / "converted"), batch), reference)
+    # the training run's task options travel along (unival evaluate adopts its image size from them)
+    from unival.checkpoint import load_checkpoint_and_task_options, read_checkpoint, stored_task_options
+    trained = stored_task_options(read_checkpoint(path))
+    _, stored = load_checkpoint_and_task_options(tmp_path / "converted")
+    assert stored["patch_image_size"] == trained["patch_image_size"] and len(stored) > 10
+    assert all(stored[key] == value for key, value in trained.items() if isinstance(value, (int, float, str)))
 
 
 def test_convert_errors_are_one_line(tmp_path, capsys):
