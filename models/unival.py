@@ -626,12 +626,18 @@ class UnivalModel(FairseqEncoderDecoderModel):
         """Drops the buffers the original stores but this model recomputes, when fairseq loads a checkpoint."""
         from unival.checkpoint import without_derived_entries
         prefix = f"{name}." if name else ""
-        self.check_vocabulary_size(state_dict, prefix)
-        kept = without_derived_entries(state_dict, self.cfg, prefix)
-        for key in [key for key in state_dict if key not in kept]:
-            del state_dict[key]
-        self.keep_own_modality_weights(state_dict, prefix)
-        keep_own_peft_weights(self, state_dict, prefix)
+        try:
+            self.check_vocabulary_size(state_dict, prefix)
+            kept = without_derived_entries(state_dict, self.cfg, prefix)
+            for key in [key for key in state_dict if key not in kept]:
+                del state_dict[key]
+            self.keep_own_modality_weights(state_dict, prefix)
+            keep_own_peft_weights(self, state_dict, prefix)
+        except ValueError as err:
+            # fairseq-train re-raises any loading error as "Cannot load model parameters ... ensure that the
+            # architectures match", which would leave this reason in the middle of its traceback
+            logger.error("the checkpoint does not fit this model: %s", err)
+            raise
         super().upgrade_state_dict_named(state_dict, name)
 
     def check_vocabulary_size(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:

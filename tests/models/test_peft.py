@@ -154,11 +154,14 @@ def test_options_that_name_a_missing_part_are_refused():
         tiny_model(unfreeze=True)
 
 
-def test_a_checkpoint_with_adapters_needs_a_model_built_with_them():
+def test_a_checkpoint_with_adapters_needs_a_model_built_with_them(caplog):
     state = tiny_model(adapter_dim=8).state_dict()
     with pytest.raises(ValueError, match=r"the checkpoint has adapters \(encoder.layers.0.adapter.down.weight, ...\) "
                                          r"but this model has none: pass --adapter-dim 8"):
         tiny_model().upgrade_state_dict_named(state, "")
+    # logged too: fairseq-train buries the exception in a traceback of its own
+    assert [record.levelname for record in caplog.records if "does not fit this model" in record.message] == ["ERROR"]
+    assert "the checkpoint does not fit this model: the checkpoint has adapters" in caplog.text
 
 
 def test_a_prompt_is_attended_by_every_query_before_the_sequences_own_keys():
