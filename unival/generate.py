@@ -79,8 +79,11 @@ def generate_split(model, task, split: str, batch_size: int = 16,
     task.adopt_model(model)
     task.load_dataset(split)
     dataset = task.dataset(split)
-    iterator = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size, num_workers=0,
-                                       max_positions=None).next_epoch_itr(shuffle=False)
+    batches = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size, num_workers=0, max_positions=None)
+    with warnings.catch_warnings():
+        # fairseq's data loader always asks for pinned memory; without a GPU torch warns that it has none
+        warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true but no accelerator")
+        iterator = batches.next_epoch_itr(shuffle=False)
     predictions, references = {}, {}
     device = next(model.parameters()).device
     with overridden(task.cfg, **options), torch.no_grad():
