@@ -4,7 +4,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import librosa
 import numpy as np
@@ -206,6 +206,15 @@ class PannBackbone(nn.Module):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
             layer.requires_grad_(False)
+
+    def fixed_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters that no option trains: the front end's filters (functions of the options) and the unused
+        classifier head (data-parallel training would wait for its gradients)."""
+        yield from self.spectrogram_extractor.parameters()
+        yield from self.logmel_extractor.parameters()
+        for name in ("fc1", "fc_audioset"):
+            if hasattr(self, name):
+                yield from getattr(self, name).parameters()
 
     def output_size(self, num_samples: int) -> Tuple[int, int]:
         """(T', F') of the feature map for a waveform of ``num_samples`` samples."""

@@ -180,11 +180,19 @@ def frozen_parameters(model: nn.Module, cfg) -> Tuple[Set[int], List[str]]:
     return frozen, names
 
 
+def fixed_parameter_ids(model: nn.Module) -> Set[int]:
+    """Parameters no option trains, which modules name with ``fixed_parameters()`` (the audio front end's filters,
+    kept as parameters for the original's checkpoint names)."""
+    return {id(parameter) for module in model.modules() if hasattr(module, "fixed_parameters")
+            for parameter in module.fixed_parameters()}
+
+
 def apply_trainable(model: nn.Module, cfg) -> Dict[str, int]:
     """Sets ``requires_grad`` of every parameter from the options; returns the counts and logs what trains."""
     check_options(cfg)
     chosen, selectors = selected_parameters(model, cfg)
     frozen, freezes = frozen_parameters(model, cfg)
+    frozen |= fixed_parameter_ids(model)
     total = trained = 0
     for parameter in model.parameters():
         trains = (chosen is None or id(parameter) in chosen) and id(parameter) not in frozen

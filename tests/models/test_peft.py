@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unival.models.layers import MultiheadAttention
-from unival.models.peft import Adapter, prompts
+from unival.models.peft import Adapter, fixed_parameter_ids, prompts
 from test_unival import batch, tiny_model
 
 
@@ -127,7 +127,9 @@ def test_freeze_batchnorm_fixes_the_backbones_batchnorms_while_their_convolution
                   if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)}
     assert {name.split(".")[1] for name in batchnorms} == {"embed_images", "embed_audios"}
     frozen = {name for name, _ in model.named_parameters()} - trainable(model)
-    assert frozen == {f"{name}.{kind}" for name in batchnorms for kind in ("weight", "bias")}
+    fixed = {name for name, parameter in model.named_parameters() if id(parameter) in fixed_parameter_ids(model)}
+    assert len(fixed) == 7  # the audio front end's filters and PANN's unused head, never trained
+    assert frozen - fixed == {f"{name}.{kind}" for name in batchnorms for kind in ("weight", "bias")}
     model.train()
     assert model.encoder.embed_images.training and model.encoder.layers.training
     assert not any(module.training for module in batchnorms.values())
@@ -287,3 +289,24 @@ def test_prompt_projection_refusals():
         tiny_model(encoder_prompt_projection=True)
     with pytest.raises(ValueError, match="--decoder-prompt-dim 8 given without --decoder-prompt-projection"):
         tiny_model(decoder_prompt_length=2, decoder_prompt_dim=8)
+
+
+@pytest.mark.parametrize("options", [{}, {"bitfit": True}, {"unfreeze": True, "adapter_dim": 4}])
+def test_the_audio_front_end_and_unused_head_never_train(options):
+    """The STFT and mel filters are functions of the options, stored as parameters for the original's names; they
+    took gradients of 1e10 (the log of a power spectrum), which clipping then spread over every other parameter."""
+    model = tiny_model(audio_encoder="cnn6", audio_sample_rate=16000, audio_hop_size=160, audio_window_size=512,
+                       audio_fmax=8000.0, **options)
+    audio = model.encoder.embed_audios
+    fixed = {f"encoder.embed_audios.{name}" for name in (
+        "spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight",
+        "logmel_extractor.melW", "fc1.weight", "fc1.bias", "fc_audioset.weight", "fc_audioset.bias")}
+    assert not fixed & trainable(model)
+    assert audio.conv_block1.conv1.weight.requires_grad == (not options.get("bitfit"))
+    inputs = batch()
+    inputs["patch_audios"] = torch.randn(2, 16000) * 0.1
+    inputs["patch_types"] = torch.tensor([2, 2])
+    model.train()(**inputs)[0].logsumexp(-1).mean().backward()
+    assert audio.logmel_extractor.melW.grad is None
+    norms = [parameter.grad.norm() for parameter in model.parameters() if parameter.grad is not None]
+    assert norms and max(norms) < 1e3
