@@ -75,7 +75,11 @@ def task_options_argv(config: str) -> List[str]:
     if task not in TASK_DATACLASS_REGISTRY:
         raise ValueError(f"config {config!r} names no registered task (task: {task!r})")
     fields = TASK_DATACLASS_REGISTRY[task].__dataclass_fields__
-    return options_to_argv({key: value for key, value in options.items() if key in fields and key != "data"})
+    # a field whose default interpolates a model option (the audio sample rate) is the model's: fairseq's parsers
+    # give the task no option for it
+    own = {key for key, spec in fields.items()
+           if key != "data" and not (isinstance(spec.default, str) and spec.default.startswith("${"))}
+    return options_to_argv({key: value for key, value in options.items() if key in own})
 
 
 def train_command(config: str, data: str, save_dir: str, extra: Optional[List[str]] = None) -> List[str]:

@@ -184,7 +184,16 @@ def test_evaluate_script_dry_run_prints_one_unival_evaluate_per_split(script, pa
         assert argv[argv.index("--") + 1:] == ["--dict-file", paths["DICT_FILE"]]
 
 
-@pytest.mark.parametrize("config", sorted(set(EVALUATE_SCRIPTS.values())))
+# every experiment config (the demos' included, which `unival evaluate --config` is documented with)
+ALL_CONFIGS = sorted(str(path.relative_to(CONFIG_ROOT).with_suffix("")) for path in CONFIG_ROOT.glob("*/*.yaml")
+                     if path.parent.name != "base")
+
+
+def test_every_benchmark_config_is_among_all_configs():
+    assert set(EVALUATE_SCRIPTS.values()) <= set(ALL_CONFIGS) and "audio_caption/demo" in ALL_CONFIGS
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS)
 def test_evaluation_takes_the_task_options_of_the_training_config(config, paths):
     """`unival evaluate --config` builds the task as fairseq-generate would: its parser must accept them."""
     task = load_config(CONFIG_ROOT / f"{config}.yaml")["task"]
