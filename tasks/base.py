@@ -227,7 +227,7 @@ class UnivalTask(FairseqTask):
         if not path.is_file():
             others = sorted(other.name[:-len(f"_{split}.tsv")] for other in Path(cfg.data).glob(f"*_{split}.tsv"))
             hint = f"; the folder has {', '.join(f'{prefix}_{split}.tsv' for prefix in others)}: pass " \
-                f"--tsv-prefix {others[0]}" if others and cfg.tsv_prefix not in others else ""
+                f"--tsv-prefix {' or '.join(others)}" if others and cfg.tsv_prefix not in others else ""
             raise FileNotFoundError(f"split {split!r}: {path} not found (data folder {cfg.data}, "
                                     f"--tsv-prefix {cfg.tsv_prefix!r}){hint}")
         return path
