@@ -57,8 +57,8 @@ def grid_position_ids(height: int, width: int, bucket_size: int, device=None) ->
         raise ValueError(
             f"a {height}x{width} patch grid (the input resolution over the encoder's stride) does not fit the "
             f"model's {bucket_size}x{bucket_size} position grid (--image-bucket-size {bucket_size}, fixed once a "
-            "model is trained): lower the input resolution (--patch-image-size, as in the model's training), or "
-            "train a model with a larger --image-bucket-size"
+            "model is trained): lower the input resolution (--patch-image-size, or --patch-frame-size for video, "
+            "as in the model's training), or train a model with a larger --image-bucket-size"
         )
     rows = torch.arange(height, device=device)[:, None] * bucket_size
     cols = torch.arange(width, device=device)[None, :]
