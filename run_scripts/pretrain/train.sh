@@ -17,7 +17,7 @@
 #   DATA=data/pretrain MEDIA_DIR=/datasets DICT_FILE=bart.base/dict.txt BART_CHECKPOINT=bart.base/model.pt \
 #   SAVE_DIR=runs/pretrain bash run_scripts/pretrain/train.sh
 # Optional: STAGES (the stages to run, in order; default all four), INIT_CHECKPOINT (a unival checkpoint to start
-# the first of them from), VIDEO_ENCODER_PATH (Kinetics weights for stage2_video's new video encoder),
+# the first of them from; by default the checkpoint of the stage before it in SAVE_DIR), VIDEO_ENCODER_PATH (Kinetics weights for stage2_video's new video encoder),
 # AUDIO_ENCODER_PATH (PANN weights for stage3_audio's new audio encoder), and NUM_GPUS, PRECISION, NUM_WORKERS, MEDIA_DIR, DRY_RUN=1
 # (run_scripts/common.sh). The script's arguments go to every stage's fairseq-train (e.g. --max-update 1000).
 # A stopped run started again skips the stages that finished (SAVE_DIR/<stage>/finished) and resumes the one it
@@ -29,7 +29,8 @@ require_var SAVE_DIR "folder for the stages' checkpoints and logs"
 require_var DICT_FILE "BART's dict.txt: every stage must use the same vocabulary (and finetuning too)"
 require_dir DATA
 require_file DICT_FILE
-stages="${STAGES:-stage1_image stage2_video stage3_audio hires}"
+curriculum="stage1_image stage2_video stage3_audio hires"
+stages="${STAGES:-$curriculum}"
 unival="$(unival_command)"
 media_args
 previous="${INIT_CHECKPOINT:-}"
@@ -38,8 +39,49 @@ if [ -n "${BART_CHECKPOINT:-}" ]; then
   require_file BART_CHECKPOINT
   [ -z "$previous" ] || fail "BART_CHECKPOINT and INIT_CHECKPOINT both set: stage 1 starts from one of them"
 fi
+[ -z "${VIDEO_ENCODER_PATH:-}" ] || require_file VIDEO_ENCODER_PATH
+[ -z "${AUDIO_ENCODER_PATH:-}" ] || require_file AUDIO_ENCODER_PATH
+
+# config_streams FILE: the streams a stage's config trains on (`streams:`, else that of the config it includes)
+config_streams() {
+  local line include
+  line="$(sed -n 's/^streams: *//p' "$1")"
+  if [ -n "$line" ]; then
+    echo "$line"
+    return
+  fi
+  include="$(sed -n 's/^includes: *\[\([^],]*\)\].*/\1/p' "$1")"
+  [ -z "$include" ] || config_streams "$(dirname "$1")/$include"
+}
+
+# Before the first stage trains: every stage's configuration and training files (a later stage's missing file
+# would otherwise stop the run after the earlier stages have trained). A dry run only warns.
 for stage in $stages; do
   [ -f "$UNIVAL_CONFIGS/pretrain/$stage.yaml" ] || fail "STAGES: no stage $stage (configs/pretrain/$stage.yaml)"
+  case " $* " in *" --streams "*) continue ;; esac  # the caller chose the streams
+  for stream in $(config_streams "$UNIVAL_CONFIGS/pretrain/$stage.yaml" | tr ',' ' '); do
+    if [ ! -f "$DATA/${stream}_train.tsv" ]; then
+      message="stage $stage trains on the $stream stream: $DATA/${stream}_train.tsv not found (unival prepare pretrain --stream $stream --split train --out DATA)"
+      [ "${DRY_RUN:-0}" != "0" ] || fail "$message"
+      echo "[pretrain] warning: $message" >&2
+    fi
+  done
+done
+
+# The first stage run continues the curriculum from the stage before it in SAVE_DIR, unless INIT_CHECKPOINT says
+# otherwise (or it is stage 1, which starts from BART_CHECKPOINT or from scratch).
+first="${stages%% *}"
+if [ -z "$previous" ] && [ "$first" != stage1_image ]; then
+  before="$(echo "$curriculum" | tr ' ' '\n' | grep -B1 -x "$first" | head -n 1)"
+  if [ "$before" != "$first" ] && [ -f "$SAVE_DIR/$before/checkpoint_last.pt" ]; then
+    previous="$SAVE_DIR/$before/checkpoint_last.pt"
+    echo "[pretrain] stage $first starts from $previous, the stage before it (INIT_CHECKPOINT to choose another)" >&2
+  else
+    echo "[pretrain] warning: stage $first starts from scratch: no INIT_CHECKPOINT and no $SAVE_DIR/$before/checkpoint_last.pt" >&2
+  fi
+fi
+
+for stage in $stages; do
   hardware_args "pretrain/$stage"
   options=(--dict-file "$DICT_FILE")
   [ -z "$previous" ] || options+=(--finetune-from-model "$previous")

@@ -27,12 +27,12 @@ pytestmark = [pytest.mark.e2e,
                                                                   "(../shared beside the checkout)")]
 
 
-def run_script(env, *args, timeout=600):
+def run_script(env, *args, timeout=600, succeeds=True):
     full_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "NUM_GPUS": "0",
                 "UNIVAL_CMD": str(UNIVAL), "OMP_NUM_THREADS": "2", **env}
     result = subprocess.run(["bash", str(SCRIPT), *args], env=full_env, capture_output=True, text=True,
                             timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (result.returncode == 0) == succeeds, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
 
@@ -82,6 +82,31 @@ def test_the_curriculum_script_chains_every_stage_from_the_one_before(streams, t
     for option, name, stage in (("--bart-path", "bart.pt", 0), ("--video-encoder-path", "kinetics.pth", 1),
                                 ("--audio-encoder-path", "cnn14.pth", 2)):
         assert [f"{option} {weights[name]}" in command for command in commands] == [n == stage for n in range(4)]
+
+
+def test_a_later_stage_continues_from_the_stage_before_it_and_missing_files_are_found_first(streams, tmp_path):
+    data, _ = streams
+    env = {"DATA": str(data), "SAVE_DIR": str(tmp_path / "run"), "DICT_FILE": str(DICT_FILE), "DRY_RUN": "1",
+           "STAGES": "stage2_video"}
+    output = run_script(env)
+    assert f"warning: stage stage2_video starts from scratch: no INIT_CHECKPOINT and no {tmp_path}/run/" \
+           "stage1_image/checkpoint_last.pt" in output and "--finetune-from-model" not in output
+    before = tmp_path / "run" / "stage1_image" / "checkpoint_last.pt"
+    before.parent.mkdir(parents=True)
+    before.write_text("")
+    output = run_script(env)
+    assert f"stage stage2_video starts from {before}, the stage before it" in output
+    assert f"--finetune-from-model {before}" in output
+    # the audio stage's training file is missing (the corpus has image and video streams): a dry run warns, a real
+    # run stops before stage 2 trains; so does an encoder weight file that is not there
+    output = run_script({**env, "STAGES": "stage2_video stage3_audio"})
+    assert f"warning: stage stage3_audio trains on the audio stream: {data}/audio_train.tsv not found" in output
+    real = {key: value for key, value in env.items() if key != "DRY_RUN"}
+    output = run_script({**real, "STAGES": "stage2_video stage3_audio"}, succeeds=False)
+    assert f"stage stage3_audio trains on the audio stream: {data}/audio_train.tsv not found" in output
+    assert "fairseq-train" not in output and not (tmp_path / "run" / "stage2_video").exists()
+    output = run_script({**real, "AUDIO_ENCODER_PATH": str(tmp_path / "cnn14.pth")}, succeeds=False)
+    assert f"AUDIO_ENCODER_PATH={tmp_path / 'cnn14.pth'}: no such file" in output
 
 
 def test_stage_one_learns_and_stage_two_adds_video_from_it(streams, tmp_path):
