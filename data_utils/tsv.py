@@ -3,11 +3,12 @@ and cached beside the file (or under ``UNIVAL_CACHE_DIR``), safe to use from for
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
+
+from unival.data_utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +81,8 @@ def cached_offsets(cache: Path, signature: List[int]) -> Optional[np.ndarray]:
 
 def write_index(cache: Path, signature: List[int], offsets: np.ndarray) -> None:
     """Writes atomically: ranks and workers indexing the same file at once never see half a file."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=cache.parent, prefix=cache.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.save(file, np.concatenate([np.array(signature + [len(offsets) - 1], dtype=np.int64), offsets]))
-        os.replace(temporary, cache)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_write(cache, "wb") as file:
+        np.save(file, np.concatenate([np.array(signature + [len(offsets) - 1], dtype=np.int64), offsets]))
 
 
 def indexed_offsets(path: str, use_cache: bool) -> np.ndarray:

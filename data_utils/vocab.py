@@ -4,7 +4,6 @@ import importlib.util
 import os
 import re
 import string
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional, Tuple
@@ -12,6 +11,8 @@ from typing import Iterable, Optional, Tuple
 import torch
 from fairseq.data import Dictionary
 from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
+
+from unival.data_utils.files import atomic_write
 
 MASK = "<mask>"
 CAPTION_PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -116,17 +117,8 @@ def build_unified_dictionary(bpe_dict_path: Optional[str] = None, corpus_texts: 
 
 def save_dictionary(dictionary: Dictionary, path: str) -> None:
     """Writes the dictionary in fairseq's format, atomically (ranks may write the same file at once)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            dictionary.save(file)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as file:
+        dictionary.save(file)
 
 
 def first_token_index(dictionary: Dictionary, symbol: str) -> int:

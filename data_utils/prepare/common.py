@@ -6,13 +6,13 @@ import io
 import json
 import os
 import pickle
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from unival.data_utils.answers import CANDIDATE_SEPARATOR, CONFIDENCE_SEPARATOR, format_answers
+from unival.data_utils.files import written_beside
 
 REFERENCE_SEPARATOR = "&&"
 FIELD_BREAKS = str.maketrans({"\t": " ", "\r": " ", "\n": " "})
@@ -333,22 +333,15 @@ def atomic_write_lines(path: Path, lines: Iterable[str]) -> int:
     """Writes ``lines`` (each without its newline) to a temporary file beside ``path``, then renames it (inside
     ``staged_outputs``, when the block ends): an interrupted or failed run never leaves a half-written file.
     Returns the number of lines."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     count = 0
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-            for line in lines:
-                file.write(line + "\n")
-                count += 1
-        if _staged is None:
-            os.replace(temporary, path)
-        else:
-            _staged.append((temporary, path))
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with written_beside(path, "w", encoding="utf-8", newline="\n") as (file, temporary):
+        for line in lines:
+            file.write(line + "\n")
+            count += 1
+    if _staged is None:
+        os.replace(temporary, path)
+    else:
+        _staged.append((temporary, path))
     return count
 
 

@@ -1,6 +1,7 @@
 """Tests of the `unival prepare` command line: a dataset per sub-command, a summary per file written, errors as
 messages naming the file with exit status 2."""
 import json
+import os
 
 import pytest
 
@@ -71,6 +72,29 @@ def test_a_failure_in_the_last_split_leaves_the_output_folder_as_it_was(karpathy
     assert main(["prepare", "coco-caption", "--karpathy-json", str(karpathy_json), "--out",
                  str(out / "caption_train.tsv")]) == 2
     assert "--out " + str(out / "caption_train.tsv") + " is a file: it names the folder" in capsys.readouterr().err
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_prepared_files_and_their_indexes_are_readable_by_everyone_the_umask_allows(karpathy_json, tmp_path,
+                                                                                   umask_022):
+    """tempfile.mkstemp creates files only their owner can read: a shared data folder would lock others out."""
+    from unival.data_utils.vocab import save_dictionary
+    from fairseq.data import Dictionary
+
+    out = tmp_path / "data"
+    assert main(["prepare", "coco-caption", "--karpathy-json", str(karpathy_json), "--out", str(out)]) == 0
+    TSVReader(str(out / "caption_train.tsv")).close()  # writes its row index beside the file
+    save_dictionary(Dictionary(), str(out / "dict.txt"))
+    written = sorted(out.iterdir())
+    assert {path.name for path in written} >= {"caption_train.tsv", "caption_train.tsv.index.npy", "dict.txt"}
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in written} == {
+        path.name: "0o644" for path in written}
 
 
 def test_bad_input_is_an_error_naming_the_file_and_line(tmp_path, capsys):
