@@ -2,7 +2,7 @@
 the validation split during training."""
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -35,21 +35,26 @@ class CaptionConfig(UnivalTaskConfig):
 class CaptionDataset(MediaTextDataset):
     """Rows ``id, media-id, caption, objects, media``; references of evaluation rows are joined by ``&&``."""
 
-    def __init__(self, *args, prompt: str = PROMPT, max_caption_words: int = 20, **kwargs):
+    def __init__(self, *args, prompt: str = PROMPT, max_caption_words: int = 20,
+                 media_references: Optional[Dict[str, List[str]]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_caption_words = max_caption_words
         self.prompt = self.encode(prompt, append_bos=True, append_eos=True)
+        # media id -> every reference of that image in the split (SCST rewards a caption against all of them)
+        self.media_references = media_references
 
     def build_sample(self, row: List[str], index: int) -> Dict:
         if len(row) < 5:
             raise ValueError(f"expected columns id, media id, caption, objects, media; got {len(row)}")
-        uniq_id, _, caption, _, media = row[:5]
+        uniq_id, media_id, caption, _, media = row[:5]
         references = [normalize_caption(text, self.max_caption_words) for text in caption.split(REFERENCE_SEPARATOR)]
         references = [text for text in references if text]
         if not references:
             raise ValueError(f"empty caption {caption!r}")
         target, prev_output_tokens = self.target_and_prev_output_tokens(
             self.encode(" " + references[0], length=self.max_tgt_length))
+        if self.media_references is not None:
+            references = self.media_references.get(media_id, references)
         return {
             "id": uniq_id,
             "source": self.prompt,
@@ -79,13 +84,18 @@ class CaptionTask(UnivalTask):
 
     def build_dataset(self, split: str, reader: TSVReader) -> CaptionDataset:
         training = split == self.cfg.train_subset
-        dataset = CaptionDataset(**self.media_dataset_arguments(split, reader), prompt=self.prompt,
-                                 max_caption_words=self.cfg.max_caption_words)
+        media_references = None
         # CIDEr-D weighs n-grams by their rarity among the references of the split scored: the validation split
         # for validation, the training split for an SCST reward (the criterion asks for it, see build_criterion).
         if (self.cfg.eval_cider and not training) or (training and self.needs_training_frequency):
-            self.document_frequency[split] = cider_document_frequency(self.split_references(reader).values())
-        return dataset
+            grouped = self.split_references(reader)
+            self.document_frequency[split] = cider_document_frequency(grouped.values())
+            if training:
+                # SCST rewards each sampled caption against every reference of its image, whether the file holds
+                # one caption a row (unival prepare) or all of an image's joined by && (OFA's stage-2 layout)
+                media_references = {media_id: [text for text in texts if text] for media_id, texts in grouped.items()}
+        return CaptionDataset(**self.media_dataset_arguments(split, reader), prompt=self.prompt,
+                              max_caption_words=self.cfg.max_caption_words, media_references=media_references)
 
     needs_training_frequency = False
 

@@ -155,6 +155,13 @@ def test_scst_criterion_makes_the_task_count_training_n_grams_per_image(tmp_path
     # rows 1 and 3 show image 10: "red" appears in one document for it, and "green" in image 11's
     assert frequency.num_documents == 2
     assert frequency.counts[("red",)] == 1 and frequency.counts[("green",)] == 1 and frequency.counts[("a",)] == 2
+    # and each sample's references, which the reward compares against, are all of its image's captions
+    dataset = task.dataset("train")
+    assert dataset[0]["references"] == dataset[2]["references"] == ["a red circle", "a round red shape"]
+    assert dataset[1]["references"] == ["a green square"]
+    plain = make_task(tmp_path)
+    plain.load_dataset("train")
+    assert plain.dataset("train")[0]["references"] == ["a red circle"]  # cross-entropy: the row's own caption
 
 
 def test_data_loader_workers_end_with_their_epoch(tmp_path):
