@@ -82,9 +82,35 @@ def task_options_argv(config: str) -> List[str]:
     return options_to_argv({key: value for key, value in options.items() if key in own})
 
 
+def given_value(argv: List[str], flag: str) -> Optional[str]:
+    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``; the last one given), or None."""
+    value = None
+    for index, item in enumerate(argv):
+        if item == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif item.startswith(flag + "="):
+            value = item[len(flag) + 1:]
+    return value
+
+
+def without_other_criterions_options(options: Dict[str, Any], criterion: Optional[str]) -> Dict[str, Any]:
+    """A config's options less those of its criterion that ``criterion``, chosen on the command line instead,
+    does not take (fairseq-train would refuse them as unrecognized, e.g. --label-smoothing with SCST)."""
+    from fairseq.criterions import CRITERION_DATACLASS_REGISTRY
+
+    configured = options.get("criterion")
+    if not criterion or criterion == configured or configured not in CRITERION_DATACLASS_REGISTRY \
+            or criterion not in CRITERION_DATACLASS_REGISTRY:
+        return options
+    theirs = set(CRITERION_DATACLASS_REGISTRY[configured].__dataclass_fields__)
+    kept = set(CRITERION_DATACLASS_REGISTRY[criterion].__dataclass_fields__)
+    return {key: value for key, value in options.items() if key not in theirs - kept}
+
+
 def train_command(config: str, data: str, save_dir: str, extra: Optional[List[str]] = None) -> List[str]:
     options = load_config(find_config(config))
     options.pop("command", None)
+    options = without_other_criterions_options(options, given_value(list(extra or []), "--criterion"))
     argv = [data, "--user-dir", plugin_dir(), "--save-dir", save_dir] + options_to_argv(options)
     return ["fairseq-train"] + argv + list(extra or [])
 

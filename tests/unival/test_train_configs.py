@@ -95,3 +95,17 @@ def test_help_lists_every_subcommand(capsys):
     printed = capsys.readouterr().out
     for name in ("demo", "make-demo-data", "train", "evaluate", "merge", "convert", "prepare"):
         assert name in printed
+
+
+def test_a_criterion_chosen_on_the_command_line_drops_the_configs_criterion_options(tmp_path):
+    """caption/demo trains with label-smoothed cross entropy; SCST takes no --label-smoothing, which fairseq-train
+    would refuse as unrecognized."""
+    command = train_command("caption/demo", str(tmp_path), "out", ["--criterion", "scst_reward_criterion",
+                                                                    "--reward", "cider"])
+    assert "--label-smoothing" not in command and command[-4:] == ["--criterion", "scst_reward_criterion",
+                                                                   "--reward", "cider"]
+    assert "--patch-image-size" in command and "--lr" in command  # the task's and the run's options stay
+    args = options.parse_args_and_arch(options.get_training_parser(), input_args=command[1:])
+    assert args.criterion == "scst_reward_criterion" and args.reward == "cider"
+    assert "--label-smoothing" in train_command("caption/demo", str(tmp_path), "out", ["--criterion=" +
+                                                "adjust_label_smoothed_cross_entropy"])
