@@ -129,6 +129,10 @@ class CiderReward:
     def __init__(self, task, max_length: int):
         if max_length < 1:
             raise ValueError(f"--scst-max-len must be at least 1, got {max_length}")
+        if not hasattr(task, "document_frequency"):  # what the caption tasks keep of their references
+            name = getattr(task.cfg, "_name", None) or type(task).__name__
+            raise ValueError(f"--reward cider scores captions, and the {name} task has no reference captions "
+                             "(grounding: --reward iou)")
         self.task = task
         self.max_length = max_length
         self.warned = False

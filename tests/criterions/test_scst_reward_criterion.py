@@ -189,6 +189,19 @@ def test_iou_reward_refuses_a_target_without_bins(task):
         IouReward(task)(sample, torch.full((4, 4), FIRST_BIN), 2)
 
 
+def test_cider_reward_refuses_a_task_without_reference_captions(tmp_path):
+    """--reward cider with the grounding task failed at the first batch with "'float' object has no attribute
+    'split'" (its references are boxes)."""
+    from unival.tasks.refcoco import RefcocoConfig, RefcocoTask
+
+    (tmp_path / "refcoco_train.tsv").write_text("1\t10\tthe left one\t0,0,10,10\tx.png\n")
+    grounding = RefcocoTask.setup_task(RefcocoConfig(data=str(tmp_path), tsv_prefix="refcoco", train_subset="train",
+                                                     valid_subset="valid"))
+    with pytest.raises(ValueError, match="--reward cider scores captions, and the RefcocoTask task has no "
+                                         r"reference captions \(grounding: --reward iou\)"):
+        CiderReward(grounding, 16)
+
+
 def test_cider_reward_of_known_captions(task):
     task.document_frequency["train"] = cider_document_frequency(CAPTION_REFERENCES)
     try:
