@@ -365,7 +365,9 @@ class UnivalTask(FairseqTask):
 
     def valid_step(self, sample, model, criterion, **kwargs):
         with self.forward_autocast(model):
-            return super().valid_step(sample, model, criterion)
+            loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        logging_output["num_skipped"] = sample.get("num_skipped", 0) if sample else 0
+        return loss, sample_size, logging_output
 
     def forward_autocast(self, model, optimizer=None):
         """The precision context of a training or validation forward pass: bfloat16 autocast on the model's

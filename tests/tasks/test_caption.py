@@ -6,6 +6,7 @@ import time
 from functools import partial
 
 import pytest
+import torch
 from fairseq import metrics
 from fairseq.data import Dictionary
 from PIL import Image
@@ -102,6 +103,9 @@ def test_bad_rows_are_skipped_and_counted_on_request(tmp_path):
     with metrics.aggregate() as aggregated:
         task.reduce_metrics([{"num_skipped": batch["num_skipped"]}], criterion=_NoMetrics())
     assert aggregated.get_smoothed_values()["skipped_rows"] == 3
+    # validation counts them too (its log line showed none)
+    _, _, logged = task.valid_step(batch, torch.nn.Identity(), lambda model, sample: (torch.zeros(()), 1, {}))
+    assert logged["num_skipped"] == 3
 
 
 class _NoMetrics:
