@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 import torch
+from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum
 from fairseq.sequence_generator import SequenceGenerator
 from fairseq.tasks import register_task
@@ -16,7 +17,7 @@ from unival.data_utils.dataset import MediaTextDataset
 from unival.data_utils.trie import Trie
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import encode_text, normalize_question
-from unival.task_metrics import log_accuracy
+from unival.task_metrics import log_accuracy, summed
 from unival.tasks.base import UnivalTask, UnivalTaskConfig
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class VqaGenDataset(MediaTextDataset):
     def __init__(self, *args, trie: Optional[Trie] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.trie = trie
+        self.warned_unlisted = False
 
     def build_sample(self, row: List[str], index: int) -> Dict:
         if len(row) < 6:
@@ -81,6 +83,12 @@ class VqaGenDataset(MediaTextDataset):
             sample.update(target=target, prev_output_tokens=prev_output_tokens, conf=confidences[answer])
             if self.trie is not None:
                 sample["constraint_mask"] = self.answer_mask(target)
+                sample["unlisted"] = target.tolist() not in self.trie
+                if sample["unlisted"] and not self.warned_unlisted:
+                    self.warned_unlisted = True
+                    logger.warning("%s:%d: answer %r is not in the answer list: the loss of such answers spreads over "
+                                   "the whole vocabulary (the logs count them as unlisted_answers)", self.reader.path,
+                                   self.reader.line_number(index), answer)
         else:  # test questions: a placeholder target of just </s>, never scored by accuracy
             target, prev_output_tokens = self.target_and_prev_output_tokens(self.encode(""))
             sample.update(target=target, prev_output_tokens=prev_output_tokens)
@@ -88,7 +96,7 @@ class VqaGenDataset(MediaTextDataset):
 
     def answer_mask(self, target: torch.Tensor) -> torch.Tensor:
         """What the trie allows at each target position; every token for an answer outside the list (its loss
-        would otherwise be infinite)."""
+        would otherwise be infinite; counted as ``unlisted``)."""
         if target.tolist() in self.trie:
             return self.trie.target_masks(target, len(self.dictionary), self.pad)
         return torch.ones(len(target), len(self.dictionary), dtype=torch.bool)
@@ -175,9 +183,16 @@ class VqaGenTask(UnivalTask):
         hypotheses = self.inference_step(generator, [model], sample)
         return [self.decode(hypos[0]["tokens"]).strip() for hypos in hypotheses]
 
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
+                                                               ignore_grad, **kwargs)
+        logging_output["num_unlisted"] = unlisted_count(sample)
+        return loss, sample_size, logging_output
+
     def valid_step(self, sample, model, criterion, ema_model=None):
         model = model if ema_model is None else ema_model.eval()
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        logging_output["num_unlisted"] = unlisted_count(sample)
         if self.cfg.eval_accuracy and sample:
             predictions = self.predict(model, sample)
             scores = [vqa_score(prediction, refs) for prediction, refs in zip(predictions, sample["references"])]
@@ -190,3 +205,11 @@ class VqaGenTask(UnivalTask):
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)
         log_accuracy("vqa_score", logging_outputs)  # the soft scores are summed as "hits"
+        unlisted = summed(logging_outputs, "num_unlisted")
+        if unlisted:
+            metrics.log_scalar("unlisted_answers", unlisted, priority=900, round=0)
+
+
+def unlisted_count(sample) -> int:
+    """Samples of the batch whose answer is not in the answer list (trained without the trie's constraint)."""
+    return sum(bool(flag) for flag in sample.get("unlisted") or []) if sample else 0

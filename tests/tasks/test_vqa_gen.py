@@ -132,3 +132,25 @@ def test_video_questions_read_frames_and_answer_inside_the_list(corpus):
     assert batch["net_input"]["patch_types"].tolist() == [1, 1]
     model = task_model(task, video_encoder="r3d_18")
     assert set(task.predict(model, batch)) <= set(task.answers)
+
+
+def test_answers_outside_the_list_train_unconstrained_and_are_counted(corpus, tmp_path, caplog):
+    answers = (corpus / "answers.txt").read_text().splitlines()
+    short_list = tmp_path / "answers.txt"
+    short_list.write_text("\n".join(answers[:3]) + "\n")
+    task = vqa_task(corpus, answer_list=str(short_list))
+    task.load_dataset("train")
+    dataset = task.dataset("train")
+    samples = [dataset[index] for index in range(8)]
+    unlisted = [task.decode(sample["target"]) not in answers[:3] for sample in samples]
+    assert [sample["unlisted"] for sample in samples] == unlisted and 0 < sum(unlisted) < 8
+    assert all(sample["constraint_mask"].all() for sample, outside in zip(samples, unlisted) if outside)
+    assert len([record for record in caplog.records if "is not in the answer list" in record.message]) == 1
+    batch = dataset.collater(samples)
+    model = task_model(task)
+    criterion = AdjustLabelSmoothedCrossEntropyCriterion(task, sentence_avg=False, label_smoothing=0.0)
+    _, _, logged = task.valid_step(batch, model, criterion)
+    assert logged["num_unlisted"] == sum(unlisted)
+    with metrics.aggregate() as aggregated:
+        task.reduce_metrics([logged], criterion)
+    assert aggregated.get_smoothed_values()["unlisted_answers"] == sum(unlisted)
