@@ -470,7 +470,7 @@ def evaluate_checkpoint(args) -> Dict:
                    "skipped": {"all metrics": f"the {args.split} split has no references"}}
     else:
         results = evaluation.score(predictions, references, args)
-    return {**results, "checkpoint": str(args.checkpoint), "split": args.split}
+    return {**results, "checkpoint": str(args.checkpoint), "ema": bool(args.ema), "split": args.split}
 
 
 def in_precision(model, args):
@@ -562,6 +562,7 @@ def run(args) -> int:
     except (ValueError, OSError) as err:
         print(f"unival evaluate: error: {err}", file=sys.stderr)
         return 2
+    results["task"] = args.task  # the caption metrics say "caption" for video and audio captions too
     print(results_table(results))
     if args.output:
         output = Path(args.output)

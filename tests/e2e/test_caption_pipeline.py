@@ -118,7 +118,7 @@ def test_generate_and_evaluate_from_the_command_line(corpus, trained, tmp_path):
          str(tmp_path / "predictions.json"), "--output", str(tmp_path / "direct.json"), "--",
          "--tsv-prefix", "caption", "--patch-image-size", "64", "--eval-beam", "5", "--eval-max-len", "16"], tmp_path)
     direct = json.loads((tmp_path / "direct.json").read_text())
-    assert direct["num_predictions"] == 24 and direct["split"] == "test"
+    assert direct["num_predictions"] == 24 and direct["split"] == "test" and direct["ema"] is False
     assert direct["scores"]["CIDEr"] == pytest.approx(scores["scores"]["CIDEr"], abs=0.05)
     saved = json.loads((tmp_path / "predictions.json").read_text())
     assert len(saved) == 24 and set(saved[0]) == {"id", "caption"}

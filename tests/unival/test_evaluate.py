@@ -198,6 +198,10 @@ def test_cli_generate_output_against_tsv(tmp_path, generate_file, capsys):
     # Rows 0 and 1 are predicted exactly (7 and 8 words), row 2 is empty: all 15 words match, and the
     # references' 7 + 8 + 8 words give the brevity penalty exp(1 - 23 / 15).
     assert results["scores"]["BLEU-1"] == pytest.approx(math.exp(1 - 23 / 15), abs=1e-6)
+    # video and audio captions are scored alike, and named as what they are
+    assert cli_main(["evaluate", "--task", "audio_caption", "--predictions", str(generate_file), "--references",
+                     str(references), "--metrics", "BLEU", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["task"] == "audio_caption"
     assert 0.0 < results["scores"]["CIDEr"] < 10.0
     printed = capsys.readouterr().out
     assert "caption: 3 predictions" in printed and f"wrote {output}" in printed
