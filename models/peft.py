@@ -283,11 +283,11 @@ def eval_untrained_backbones(model: nn.Module) -> None:
     """Puts each media backbone none of whose parameters trains in eval mode: its BatchNorm statistics then stay as
     loaded, as its weights do (a frozen backbone, or one outside what --bitfit, --only-linear-proj, adapters or
     prompts train); the same for each BatchNorm of a training backbone whose scale and shift are fixed
-    (--freeze-batchnorm)."""
+    (--freeze-batchnorm). fairseq calls this at every step: the BatchNorms are looked at only with that option."""
     for backbone in backbones(model):
         if not trains(backbone):
             backbone.eval()
-        elif backbone.training:
+        elif backbone.training and model.cfg.freeze_batchnorm:
             for module in backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine and not trains(module):
                     module.eval()

@@ -82,9 +82,10 @@ class VqaGenDataset(MediaTextDataset):
                 self.encode(" " + answer, length=self.max_tgt_length))
             sample.update(target=target, prev_output_tokens=prev_output_tokens, conf=confidences[answer])
             if self.trie is not None:
-                sample["constraint_mask"] = self.answer_mask(target)
-                sample["unlisted"] = target.tolist() not in self.trie
-                if sample["unlisted"] and not self.warned_unlisted:
+                listed = target.tolist() in self.trie
+                sample["constraint_mask"] = self.answer_mask(target, listed)
+                sample["unlisted"] = not listed
+                if not listed and not self.warned_unlisted:
                     self.warned_unlisted = True
                     logger.warning("%s:%d: answer %r is not in the answer list: the loss of such answers spreads over "
                                    "the whole vocabulary (the logs count them as unlisted_answers)", self.reader.path,
@@ -94,10 +95,10 @@ class VqaGenDataset(MediaTextDataset):
             sample.update(target=target, prev_output_tokens=prev_output_tokens)
         return sample
 
-    def answer_mask(self, target: torch.Tensor) -> torch.Tensor:
-        """What the trie allows at each target position; every token for an answer outside the list (its loss
-        would otherwise be infinite; counted as ``unlisted``)."""
-        if target.tolist() in self.trie:
+    def answer_mask(self, target: torch.Tensor, listed: bool) -> torch.Tensor:
+        """What the trie allows at each target position; every token for an answer outside the list (``listed``
+        false: its loss would otherwise be infinite; counted as ``unlisted``)."""
+        if listed:
             return self.trie.target_masks(target, len(self.dictionary), self.pad)
         return torch.ones(len(target), len(self.dictionary), dtype=torch.bool)
 

@@ -17,8 +17,8 @@
 #   DATA=data/pretrain MEDIA_DIR=/datasets DICT_FILE=bart.base/dict.txt BART_CHECKPOINT=bart.base/model.pt \
 #   SAVE_DIR=runs/pretrain bash run_scripts/pretrain/train.sh
 # Optional: STAGES (the stages to run, in order; default all four), INIT_CHECKPOINT (a unival checkpoint to start
-# the first of them from; by default the checkpoint of the stage before it in SAVE_DIR), VIDEO_ENCODER_PATH (Kinetics weights for stage2_video's new video encoder),
-# AUDIO_ENCODER_PATH (PANN weights for stage3_audio's new audio encoder), and NUM_GPUS, PRECISION, NUM_WORKERS, MEDIA_DIR, DRY_RUN=1
+# the first of them from; by default the checkpoint of the stage before it in SAVE_DIR), VIDEO_ENCODER_PATH
+# (Kinetics weights for stage2_video's new video encoder), AUDIO_ENCODER_PATH (PANN weights for stage3_audio's new audio encoder), and NUM_GPUS, PRECISION, NUM_WORKERS, MEDIA_DIR, DRY_RUN=1
 # (run_scripts/common.sh). The script's arguments go to every stage's fairseq-train (e.g. --max-update 1000).
 # A stopped run started again skips the stages that finished (SAVE_DIR/<stage>/finished) and resumes the one it
 # stopped in from its checkpoint_last.pt.
