@@ -6,7 +6,7 @@ import re
 import string
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 from fairseq.data import Dictionary
@@ -15,6 +15,8 @@ from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 from unival.data_utils.files import atomic_write
 
 MASK = "<mask>"
+# Where a checkpoint keeps the vocabulary its model was trained with: its list of symbols in fairseq's task state.
+CHECKPOINT_VOCABULARY = "vocabulary"
 CAPTION_PUNCTUATION = str.maketrans("", "", string.punctuation)
 LEADING_PUNCTUATION = ",.!?*#:;~"
 PHRASE_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
@@ -119,6 +121,30 @@ def save_dictionary(dictionary: Dictionary, path: str) -> None:
     """Writes the dictionary in fairseq's format, atomically (ranks may write the same file at once)."""
     with atomic_write(path, "w", encoding="utf-8") as file:
         dictionary.save(file)
+
+
+def dictionary_from_symbols(symbols: Sequence[str], source: str) -> Dictionary:
+    """The dictionary whose ids are the positions of ``symbols`` (a ``Dictionary.symbols`` list, specials first,
+    as a checkpoint stores it); ``source`` names where the list came from in errors."""
+    dictionary = Dictionary()
+    specials = dictionary.symbols[:dictionary.nspecial]
+    if not all(isinstance(symbol, str) for symbol in symbols) or list(symbols[:len(specials)]) != specials:
+        raise ValueError(f"{source}: the stored vocabulary is not a list of symbols starting with {specials}")
+    for symbol in symbols[len(specials):]:
+        dictionary.add_symbol(symbol)
+    if len(dictionary) != len(symbols):
+        raise ValueError(f"{source}: the stored vocabulary lists {len(symbols) - len(dictionary)} symbols twice")
+    return dictionary
+
+
+def vocabulary_difference(first: Dictionary, second: Dictionary) -> Optional[str]:
+    """How two vocabularies differ (their sizes, the first id mapped to another symbol), or None when equal."""
+    if first.symbols == second.symbols:
+        return None
+    for index, (one, other) in enumerate(zip(first.symbols, second.symbols)):
+        if one != other:
+            return f"{len(first)} and {len(second)} symbols; id {index} is {one!r} in one, {other!r} in the other"
+    return f"{len(first)} and {len(second)} symbols, the first {min(len(first), len(second))} the same"
 
 
 def first_token_index(dictionary: Dictionary, symbol: str) -> int:

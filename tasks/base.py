@@ -22,7 +22,8 @@ from omegaconf import DictConfig, II, open_dict
 from unival.data_utils.media import load_image
 from unival.data_utils.transforms import image_transform, imagenet_mean_std
 from unival.data_utils.tsv import TSVFormatError, TSVReader
-from unival.data_utils.vocab import GPT2BPE, build_unified_dictionary, decode_tokens, default_bpe_files
+from unival.data_utils.vocab import (CHECKPOINT_VOCABULARY, GPT2BPE, build_unified_dictionary, decode_tokens, default_bpe_files,
+                                     dictionary_from_symbols, vocabulary_difference)
 from unival.memory import keep_freed_memory
 from unival.models.unival import WEIGHT_FILE_OPTIONS
 from unival.task_metrics import summed
@@ -148,11 +149,22 @@ class UnivalTask(FairseqTask):
 
     cfg: UnivalTaskConfig
 
-    def __init__(self, cfg: UnivalTaskConfig, dictionary: Dictionary, bpe: GPT2BPE):
+    def __init__(self, cfg: UnivalTaskConfig, dictionary: Dictionary, bpe: GPT2BPE,
+                 vocabulary_source: str = "the given dictionary", missing_vocabulary: Optional[str] = None):
+        """``missing_vocabulary``: why there is no vocabulary yet (no --dict-file and no training split), which
+        every use of the task but loading a checkpoint that stores one reports; ``dictionary`` is then empty."""
         super().__init__(cfg)
         self.dictionary = dictionary
         self.bpe = bpe
+        self.vocabulary_source = vocabulary_source
+        self.missing_vocabulary = missing_vocabulary
         self._bfloat16_cpu_checked = False  # --autocast-bf16 on a CPU: its bfloat16 support checked yet?
+        if missing_vocabulary is None:
+            self.vocabulary_ready()
+
+    def vocabulary_ready(self) -> None:
+        """Derives what depends on the vocabulary (answer candidates, their trie): at construction, and again
+        when a checkpoint's vocabulary replaces the task's."""
 
     # ---- vocabulary -------------------------------------------------------------------------------------
     @classmethod
@@ -165,20 +177,66 @@ class UnivalTask(FairseqTask):
         if cfg.dict_file:
             dictionary = build_unified_dictionary(bpe_dict_path=cfg.dict_file, code_dict_size=cfg.code_dict_size,
                                                   num_bins=cfg.num_bins)
+            source = f"--dict-file {cfg.dict_file}"
         else:
             try:
                 paths = cls.vocabulary_paths(cfg)
             except FileNotFoundError as err:
-                raise FileNotFoundError(f"without --dict-file the vocabulary is built from the training split: {err} "
-                                        "(or pass the --dict-file the model was trained with)") from err
+                # Generation can still take the vocabulary from the checkpoint (see load_state_dict).
+                missing = (f"without --dict-file the vocabulary is built from the training split: {err} (or pass "
+                           f"the --dict-file the model was trained with)")
+                logger.info("no --dict-file and no training split: the vocabulary must come from the checkpoint")
+                return cls(cfg, Dictionary(), bpe, missing_vocabulary=missing)
             logger.info("no --dict-file: building the vocabulary from %s", ", ".join(map(str, paths)))
             readers = [TSVReader(str(path), selected_cols=cls.parse_columns(cfg)) for path in paths]
             texts = itertools.chain(*(cls.corpus_texts(readable_rows(reader, cfg.skip_bad_rows)) for reader in readers),
                                     cls.required_texts(cfg))
             dictionary = build_unified_dictionary(corpus_texts=texts, bpe=bpe, code_dict_size=cfg.code_dict_size,
                                                   num_bins=cfg.num_bins)
+            source = "the vocabulary built from " + ", ".join(map(str, paths))
         logger.info("dictionary: %d symbols", len(dictionary))
-        return cls(cfg, dictionary, bpe)
+        return cls(cfg, dictionary, bpe, vocabulary_source=source)
+
+    # A checkpoint's task state holds the vocabulary as its list of symbols (fairseq's "task_state"), so that a
+    # model can be evaluated without the training split it was built from, and never with another vocabulary.
+    def state_dict(self) -> Dict[str, Any]:
+        state = dict(super().state_dict())
+        if self.missing_vocabulary is None:
+            state[CHECKPOINT_VOCABULARY] = list(self.dictionary.symbols)
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """fairseq-generate and ``load_model_ensemble_and_task`` call this with a checkpoint's task state before
+        they build the model: its vocabulary, when it stores one, replaces the task's (see adopt_vocabulary)."""
+        state = dict(state_dict or {})
+        symbols = state.pop(CHECKPOINT_VOCABULARY, None)
+        super().load_state_dict(state)
+        if symbols is not None:
+            self.adopt_vocabulary(dictionary_from_symbols(symbols, "the checkpoint"), "the checkpoint")
+
+    def adopt_vocabulary(self, dictionary: Dictionary, source: str) -> None:
+        """Makes ``dictionary``, the vocabulary the model was trained with, the task's. A vocabulary this task
+        built otherwise is replaced with a warning (the model's ids mean the symbols of its own). The task's
+        dictionary object is updated in place: fairseq-generate holds it from before the checkpoint is read."""
+        if self.missing_vocabulary is None:
+            difference = vocabulary_difference(self.dictionary, dictionary)
+            if difference is None:
+                return
+            logger.warning("%s differs from the vocabulary the model was trained with, which %s holds (%s): the "
+                           "model's is used", self.vocabulary_source, source, difference)
+        else:
+            logger.info("vocabulary: %d symbols from %s", len(dictionary), source)
+        vars(self.dictionary).clear()
+        vars(self.dictionary).update(vars(dictionary))
+        self.vocabulary_source, self.missing_vocabulary = f"the vocabulary of {source}", None
+        self.vocabulary_ready()
+
+    def require_vocabulary(self, checkpoint: Optional[str] = None) -> None:
+        """Raises when the task has no vocabulary (see ``missing_vocabulary``); ``checkpoint``: the one that was
+        read without providing it."""
+        if self.missing_vocabulary is not None:
+            held = f"; {checkpoint} does not store its vocabulary" if checkpoint else ""
+            raise FileNotFoundError(self.missing_vocabulary + held)
 
     @staticmethod
     def build_bpe_from_config(cfg: UnivalTaskConfig) -> GPT2BPE:
@@ -246,6 +304,7 @@ class UnivalTask(FairseqTask):
         return self.cfg.media_dir or self.cfg.data
 
     def build_model(self, cfg, from_checkpoint: bool = False):
+        self.require_vocabulary("the checkpoint" if from_checkpoint else None)
         if not from_checkpoint:  # fairseq-train; generation and validation build from checkpoints
             refuse_tpu_run_without_torch_xla(self.cfg)
         else:
@@ -262,6 +321,7 @@ class UnivalTask(FairseqTask):
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, task_cfg=None, **kwargs) -> None:
         """``task_cfg``: the task options saved in the checkpoint (fairseq-generate passes them); a data option
         that differs from the model's training is warned about, naming both values."""
+        self.require_vocabulary()
         if task_cfg is not None:
             self.warn_about_training_options(task_cfg)
         path = self.split_path(self.cfg, split)

@@ -89,8 +89,7 @@ class SnliVeDataset(MediaTextDataset):
 class SnliVeTask(UnivalTask):
     cfg: SnliVeConfig
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def vocabulary_ready(self) -> None:
         # Each answer as targets hold it (leading space, </s>): the candidates scored and the trie of decoding.
         self.candidates = [encode_text(" " + answer, self.dictionary, self.bpe, append_eos=True) for answer in ANSWERS]
         self.trie = Trie(candidate.tolist() for candidate in self.candidates)

@@ -386,6 +386,7 @@ class UnifyTask(AudioInput, UnivalTask):
                     yield caption_matching_prompt(modality, normalize_phrase(caption))
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, task_cfg=None, **kwargs) -> None:
+        self.require_vocabulary()
         training = split == self.cfg.train_subset
         names = self.stream_names
         weights = parse_stream_weights(self.cfg.stream_weights, names)

@@ -108,9 +108,13 @@ class VqaGenTask(UnivalTask):
     cfg: VqaGenConfig
     uses_ema = True  # with --store-ema, fairseq hands valid_step the EMA model, which then answers
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.answers = self.answer_list(self.cfg)
+    def __init__(self, cfg: VqaGenConfig, *args, **kwargs):
+        self.answers = self.answer_list(cfg, log=True)  # before the vocabulary's candidates are made of them
+        super().__init__(cfg, *args, **kwargs)
+        if self.cfg.val_inference_type == "allcand" and not self.answers:
+            raise ValueError("--val-inference-type allcand needs an answer list (--answer-list)")
+
+    def vocabulary_ready(self) -> None:
         self.candidates = [self.answer_tokens(answer) for answer in self.answers]
         unknown = [answer for answer, tokens in zip(self.answers, self.candidates)
                    if self.dictionary.unk() in tokens.tolist()]
@@ -118,24 +122,25 @@ class VqaGenTask(UnivalTask):
             raise ValueError(f"{len(unknown)} answers of the answer list have words outside the vocabulary "
                              f"(e.g. {unknown[:3]}); pass BART's dict.txt with --dict-file")
         self.trie = Trie(candidate.tolist() for candidate in self.candidates) if self.answers else None
-        if self.cfg.val_inference_type == "allcand" and not self.answers:
-            raise ValueError("--val-inference-type allcand needs an answer list (--answer-list)")
 
     @staticmethod
-    def answer_list(cfg: VqaGenConfig) -> List[str]:
-        """The candidate answers: --answer-list, else <data>/answers.txt when present, else none."""
+    def answer_list(cfg: VqaGenConfig, log: bool = False) -> List[str]:
+        """The candidate answers: --answer-list, else <data>/answers.txt when present, else none. ``log``: say
+        which (once per run: the vocabulary reads the list too)."""
         path = cfg.answer_list
         if path is None:
             default = Path(cfg.data) / ANSWER_LIST
             if not default.is_file():
-                logger.warning("no answer list (%s not found, --answer-list not given): answers are generated "
-                               "without constraint", default)
+                if log:
+                    logger.warning("no answer list (%s not found, --answer-list not given): answers are generated "
+                                   "without constraint", default)
                 return []
             path = str(default)
         elif not Path(path).is_file():
             raise FileNotFoundError(f"--answer-list {path}: file not found")
         answers = read_answer_list(path)
-        logger.info("answer list: %d answers from %s", len(answers), path)
+        if log:
+            logger.info("answer list: %d answers from %s", len(answers), path)
         return answers
 
     @classmethod

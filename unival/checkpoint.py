@@ -12,6 +12,7 @@ import torch
 from fairseq.data import Dictionary
 
 from unival._compat import allow_checkpoint_types
+from unival.data_utils.vocab import CHECKPOINT_VOCABULARY, dictionary_from_symbols, vocabulary_difference
 from unival.models.position import image_relative_buckets, token_relative_buckets
 from unival.models.unival import WEIGHT_FILE_OPTIONS, UnivalConfig, UnivalModel, architecture_defaults
 
@@ -234,14 +235,28 @@ def build_from_checkpoint(state: Dict[str, Any], ema: bool = False, dictionary: 
     cfg = checkpoint_config(state, source)
     weights = model_state_from_checkpoint(state, cfg, ema, source)
     vocab_size = weights["encoder.embed_tokens.weight"].shape[0]
+    stored = stored_vocabulary(state, source)
+    if stored is not None and len(stored) != vocab_size:
+        raise CheckpointError(f"{source} stores a vocabulary of {len(stored)} symbols for a model of {vocab_size}")
     if dictionary is None:
-        dictionary = placeholder_dictionary(vocab_size)
+        dictionary = stored if stored is not None else placeholder_dictionary(vocab_size)
+    elif stored is not None and vocabulary_difference(dictionary, stored):
+        raise CheckpointError(f"the dictionary given is not the vocabulary {source} was trained with, which it "
+                              f"stores ({vocabulary_difference(dictionary, stored)}): its ids would decode to other "
+                              f"words; pass none to use the checkpoint's")
     elif len(dictionary) != vocab_size:
         raise CheckpointError(f"the dictionary has {len(dictionary)} symbols but {source} was trained with "
                               f"{vocab_size}: use the dict.txt and --code-dict-size/--num-bins it was trained with")
     model = UnivalModel.from_config(cfg, dictionary)
     load_strict(model, weights, source)
     return model, cfg
+
+
+def stored_vocabulary(state: Dict[str, Any], source: str = "the checkpoint") -> Optional[Dictionary]:
+    """The vocabulary a checkpoint of fairseq-train with this plugin stores (its task state), or None (the
+    original's checkpoints and ours from before it was stored)."""
+    symbols = (state.get("task_state") or {}).get(CHECKPOINT_VOCABULARY)
+    return None if symbols is None else dictionary_from_symbols(symbols, source)
 
 
 def checkpoint_config(state: Dict[str, Any], source: str = "checkpoint") -> UnivalConfig:

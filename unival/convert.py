@@ -11,7 +11,8 @@ from fairseq.data import Dictionary
 from safetensors.torch import load_model, save_model
 
 from unival.checkpoint import (CheckpointError, build_from_checkpoint, placeholder_dictionary, read_checkpoint,
-                               stored_task_options)
+                               stored_task_options, stored_vocabulary)
+from unival.data_utils.vocab import load_dictionary, save_dictionary, vocabulary_difference
 from unival.models.unival import UnivalConfig, UnivalModel
 
 logger = logging.getLogger(__name__)
@@ -19,14 +20,22 @@ logger = logging.getLogger(__name__)
 FORMAT = "unival-safetensors-1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+DICTIONARY_FILE = "dict.txt"
 
 
 def export_safetensors(model: UnivalModel, out_dir: Union[str, Path],
-                       task_options: Optional[Dict[str, Any]] = None) -> Path:
+                       task_options: Optional[Dict[str, Any]] = None,
+                       vocabulary: Optional[Dictionary] = None) -> Path:
     """Writes the model's weights and config into ``out_dir``, with the task options it was trained with (image
-    size, frames...: what ``unival evaluate`` adopts) where given; returns the folder."""
+    size, frames...: what ``unival evaluate`` adopts) and its vocabulary (``dict.txt``, fairseq's format, also a
+    valid ``--dict-file``) where given; returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if vocabulary is not None:
+        if len(vocabulary) != len(model.encoder.dictionary):
+            raise CheckpointError(f"the vocabulary has {len(vocabulary)} symbols, the model "
+                                  f"{len(model.encoder.dictionary)}")
+        save_dictionary(vocabulary, str(out / DICTIONARY_FILE))
     config = {"format": FORMAT, "vocab_size": len(model.encoder.dictionary),
               "model": dataclasses.asdict(model.cfg)}
     if task_options:
@@ -68,14 +77,27 @@ def stored_folder_task_options(folder: Union[str, Path]) -> Optional[Dict[str, A
     return read_config(folder).get("task")
 
 
+def stored_folder_vocabulary(folder: Union[str, Path]) -> Optional[Dictionary]:
+    """The vocabulary a converted model was trained with (its ``dict.txt``); None for folders without one."""
+    path = Path(folder) / DICTIONARY_FILE
+    return load_dictionary(str(path)) if path.is_file() else None
+
+
 def load_safetensors(folder: Union[str, Path], dictionary: Optional[Dictionary] = None) -> UnivalModel:
     """Builds the model exported by :func:`export_safetensors` (in eval mode)."""
     folder = Path(folder)
     config = read_config(folder)
     cfg = UnivalConfig(**config["model"])
     vocab_size = config["vocab_size"]
+    stored = stored_folder_vocabulary(folder)
+    if stored is not None and len(stored) != vocab_size:
+        raise CheckpointError(f"{folder / DICTIONARY_FILE} has {len(stored)} symbols, the model {vocab_size}")
     if dictionary is None:
-        dictionary = placeholder_dictionary(vocab_size)
+        dictionary = stored if stored is not None else placeholder_dictionary(vocab_size)
+    elif stored is not None and vocabulary_difference(dictionary, stored):
+        raise CheckpointError(f"the dictionary given is not the vocabulary the model was trained with, "
+                              f"{folder / DICTIONARY_FILE} ({vocabulary_difference(dictionary, stored)}): pass none "
+                              f"to use that one")
     elif len(dictionary) != vocab_size:
         raise CheckpointError(f"the dictionary has {len(dictionary)} symbols, the model {vocab_size}")
     model = UnivalModel.from_config(cfg, dictionary)
@@ -95,10 +117,12 @@ def run(args) -> int:
     try:
         state = read_checkpoint(args.checkpoint, allow_unsafe=args.allow_unsafe_checkpoint)
         model, _ = build_from_checkpoint(state, ema=args.ema, source=args.checkpoint)
-        out = export_safetensors(model, args.out, stored_task_options(state))
+        vocabulary = stored_vocabulary(state, args.checkpoint)
+        out = export_safetensors(model, args.out, stored_task_options(state), vocabulary)
     except (ValueError, OSError) as error:
         print(f"unival convert: error: {error}", file=sys.stderr)
         return 2
     count = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out / WEIGHTS_FILE} and {out / CONFIG_FILE} ({count / 1e6:.1f}M parameters)")
+    written = [out / WEIGHTS_FILE, out / CONFIG_FILE] + ([out / DICTIONARY_FILE] if vocabulary is not None else [])
+    print(f"wrote {', '.join(map(str, written))} ({count / 1e6:.1f}M parameters)")
     return 0

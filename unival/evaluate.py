@@ -450,6 +450,14 @@ def evaluate_checkpoint(args) -> Dict:
     if adopted:
         print(f"[unival evaluate] as in the checkpoint's training run: {' '.join(adopted)}", flush=True)
     task = build_task(args.task, args.data, given + adopted)
+    if state is None:  # the vocabulary the model was trained with, where the checkpoint stores it
+        from unival.convert import DICTIONARY_FILE, stored_folder_vocabulary
+        vocabulary = stored_folder_vocabulary(args.checkpoint)
+        if vocabulary is not None:
+            task.adopt_vocabulary(vocabulary, str(Path(args.checkpoint) / DICTIONARY_FILE))
+    else:
+        task.load_state_dict(state.get("task_state") or {})
+    task.require_vocabulary(str(args.checkpoint))
     if state is None:
         model, _ = load_checkpoint_and_task_options(args.checkpoint, ema=args.ema, dictionary=task.target_dictionary)
     else:

@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from unival.checkpoint import (CheckpointError, build_from_checkpoint, checkpoint_config, key_differences,
-                               read_checkpoint, stored_weights)
+                               read_checkpoint, stored_vocabulary, stored_weights)
+from unival.data_utils.vocab import vocabulary_difference
 from unival.models.peft import TRAINABILITY_OPTIONS
 from unival.models.unival import WEIGHT_FILE_OPTIONS
 
@@ -71,6 +72,16 @@ def check_same_architecture(first: Dict[str, Any], other: Dict[str, Any], first_
                               "the same tensors would not compute the same network")
 
 
+def check_same_vocabulary(first: Dict[str, Any], other: Dict[str, Any], first_source: str, source: str) -> None:
+    """Same-sized vocabularies whose ids mean other words pass every shape check: the stored lists must agree."""
+    first_vocabulary, vocabulary = stored_vocabulary(first, first_source), stored_vocabulary(other, source)
+    if first_vocabulary is not None and vocabulary is not None:
+        difference = vocabulary_difference(first_vocabulary, vocabulary)
+        if difference:
+            raise CheckpointError(f"{first_source} and {source} were trained with different vocabularies "
+                                  f"({difference}): their embeddings do not mean the same words")
+
+
 def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Sequence[float]] = None,
                       ema: bool = False, allow_unsafe: bool = False) -> Tuple[Dict[str, Any], MergeReport]:
     """The checkpoint whose weights are ``sum_i weights[i] * weights of paths[i]`` (see
@@ -95,6 +106,7 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
             check_same_architecture(first_options, dataclasses.asdict(checkpoint_config(state, source)),
                                     sources[0], source)
             check_same_network(first_weights, tensors, sources[0], source)
+            check_same_vocabulary(first, state, sources[0], source)
         for key, value in tensors.items():
             reference = first_weights[key]
             if index and identical[key] and not torch.equal(value, reference):

@@ -201,7 +201,7 @@ def test_bad_rows_name_file_and_line_or_are_skipped_and_counted(streams, tmp_pat
 
 def test_streams_and_options_are_checked(streams):
     with pytest.raises(FileNotFoundError, match="stream 'speech', split 'train': .*speech_train.tsv not found"):
-        unify_task(streams, streams="image,speech")
+        unify_task(streams, streams="image,speech").load_dataset("valid")
     task = unify_task(streams, valid_subset="test")
     with pytest.raises(FileNotFoundError, match="image_test.tsv not found .*pass --disable-validation"):
         task.load_dataset("test")

@@ -1,0 +1,67 @@
+"""The vocabulary a checkpoint stores: the Python API decodes with it, `unival convert` carries it as dict.txt,
+a dictionary that is not it is refused, and `unival merge` refuses checkpoints trained with different ones."""
+import pytest
+import torch
+
+import unival
+from unival.checkpoint import CheckpointError, placeholder_dictionary, read_checkpoint
+from unival.cli import main as cli_main
+from unival.data_utils.vocab import load_dictionary
+
+from test_merge import write_checkpoint
+
+SIZE = 60
+
+
+def symbols(seed):
+    """A vocabulary of SIZE symbols: fairseq's specials, then names that depend on ``seed``."""
+    return ["<s>", "<pad>", "</s>", "<unk>"] + [f"w{seed}_{index}" for index in range(4, SIZE)]
+
+
+def with_vocabulary(path, vocabulary):
+    state = torch.load(path, weights_only=False)
+    state["task_state"] = {"vocabulary": vocabulary}
+    torch.save(state, path)
+    return path
+
+
+def test_the_api_decodes_with_the_stored_vocabulary_and_refuses_another(tmp_path):
+    path = with_vocabulary(write_checkpoint(tmp_path / "a.pt", seed=1, vocabulary=SIZE), symbols(1))
+    model = unival.load_checkpoint(path)
+    assert model.encoder.dictionary.symbols == symbols(1) and model.decoder.dictionary[7] == "w1_7"
+    with pytest.raises(CheckpointError, match=r"the dictionary given is not the vocabulary .*a.pt was trained with, "
+                                              r"which it stores \(60 and 60 symbols; id 4 is '<symbol_4>' in one, "
+                                              r"'w1_4' in the other\)"):
+        unival.load_checkpoint(path, dictionary=placeholder_dictionary(SIZE))
+    state = read_checkpoint(path)
+    state["task_state"]["vocabulary"] = symbols(1)[:-1]
+    torch.save(state, tmp_path / "short.pt")
+    with pytest.raises(CheckpointError, match="stores a vocabulary of 59 symbols for a model of 60"):
+        unival.load_checkpoint(tmp_path / "short.pt")
+    state["task_state"]["vocabulary"] = symbols(1)[:-2] + ["w1_4", "w1_5"]
+    torch.save(state, tmp_path / "twice.pt")
+    with pytest.raises(ValueError, match="the stored vocabulary lists 2 symbols twice"):
+        unival.load_checkpoint(tmp_path / "twice.pt")
+
+
+def test_convert_writes_the_vocabulary_as_a_dict_file(tmp_path, capsys):
+    path = with_vocabulary(write_checkpoint(tmp_path / "a.pt", seed=1, vocabulary=SIZE), symbols(1))
+    assert cli_main(["convert", str(path), "--out", str(tmp_path / "converted")]) == 0
+    assert "dict.txt" in capsys.readouterr().out
+    assert load_dictionary(str(tmp_path / "converted" / "dict.txt")).symbols == symbols(1)
+    assert unival.load_checkpoint(tmp_path / "converted").encoder.dictionary.symbols == symbols(1)
+    without = write_checkpoint(tmp_path / "b.pt", seed=1, vocabulary=SIZE)
+    assert cli_main(["convert", str(without), "--out", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "dict.txt").exists()
+
+
+def test_merge_refuses_checkpoints_of_different_vocabularies(tmp_path):
+    first = with_vocabulary(write_checkpoint(tmp_path / "a.pt", seed=1, vocabulary=SIZE), symbols(1))
+    same = with_vocabulary(write_checkpoint(tmp_path / "b.pt", seed=2, vocabulary=SIZE), symbols(1))
+    other = with_vocabulary(write_checkpoint(tmp_path / "c.pt", seed=3, vocabulary=SIZE), symbols(3))
+    assert cli_main(["merge", str(first), str(same), "--out", str(tmp_path / "merged.pt")]) == 0
+    assert read_checkpoint(tmp_path / "merged.pt")["task_state"]["vocabulary"] == symbols(1)
+    with pytest.raises(SystemExit, match=r"c.pt were trained with different vocabularies \(60 and 60 symbols; id 4 "
+                                         r"is 'w1_4' in one, 'w3_4' in the other\)"):
+        cli_main(["merge", str(first), str(other), "--out", str(tmp_path / "refused.pt")])
+    assert not (tmp_path / "refused.pt").exists()
