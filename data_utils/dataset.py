@@ -1,8 +1,9 @@
 """The dataset every unival task builds on: rows of a TSV file turned into samples by a task hook, bad rows
 raised with file:line or skipped and counted, OFA's batch layout, per-epoch shuffling and equal shards."""
+import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -15,6 +16,19 @@ from unival.data_utils.vocab import GPT2BPE, encode_text
 logger = logging.getLogger(__name__)
 
 MAX_LOGGED_SKIPS = 20
+REPLACEMENT_DRAWS = 32  # random rows tried in place of a bad training row before every row is tried in order
+
+
+def skipped_only_batch(num_skipped: int, split: str) -> Dict[str, Any]:
+    """The batch of an evaluation batch whose rows were all bad: only its counts. Not empty, so fairseq's trainer
+    hands it to the task (whose valid_step logs the count) instead of replacing it by its dummy batch;
+    fairseq-generate and ``generate_split`` pass over it (no ``net_input``)."""
+    return {"skipped_only": True, "nsentences": 0, "ntokens": 0, "num_skipped": num_skipped, "split": split}
+
+
+def replaced_rows(samples: Sequence[Optional[Dict[str, Any]]]) -> int:
+    """How many of ``samples`` stand in for a bad training row (see ``UnivalDataset.replacement``)."""
+    return sum(1 for sample in samples if sample is not None and sample.get("replaced"))
 
 
 @dataclass(frozen=True)
@@ -174,8 +188,9 @@ class UnivalDataset(FairseqDataset):
         self.bos, self.eos, self.pad = dictionary.bos(), dictionary.eos(), dictionary.pad()
         self.epoch = 1
         self.num_shards = 1  # the task sets the number of ranks; batch_by_size then gives each the same count
-        self.num_skipped = 0
-        self.skipped_rows: List[Tuple[int, str]] = []  # (line, reason) of the first skipped rows of this process
+        self.num_skipped = 0  # bad rows met at their turn, by this process
+        self.skipped_rows: List[Tuple[int, str]] = []  # (line, reason) of the first bad rows this process met
+        self.bad_rows: Set[int] = set()  # indices of the bad rows this process met
 
     # ---- samples ----------------------------------------------------------------------------------------
     def build_sample(self, row: List[str], index: int) -> Dict[str, Any]:
@@ -186,13 +201,28 @@ class UnivalDataset(FairseqDataset):
         return len(self.reader)
 
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
+        """The sample of row ``index``. A bad row raises (with file and line); with ``skip_bad_rows`` it is counted
+        and, in evaluation, dropped (None), while in training another row, drawn at random, takes its place: a
+        training batch is never empty, which fairseq would replace by a dummy batch and count as an update."""
         index = int(index)
+        sample = self.sample_or_none(index)
+        if sample is not None:
+            return sample
+        self.num_skipped += 1
+        if not self.shuffle:
+            return None
+        return dict(self.replacement(index), replaced=True)
+
+    def sample_or_none(self, index: int) -> Optional[Dict[str, Any]]:
+        """The sample of row ``index``, or None for a bad row with ``skip_bad_rows`` (noted in ``bad_rows``)."""
+        if index in self.bad_rows:
+            return None
         try:
             sample = self.build_sample(self.reader.row(index), index)
         except ValueError as err:
             message = self.located_message(err, index)
             if self.skip_bad_rows:
-                self.record_skip(index, message)
+                self.note_bad_row(index, message)
                 return None
             if message == str(err):
                 raise
@@ -200,13 +230,27 @@ class UnivalDataset(FairseqDataset):
         sample["index"] = index
         return sample
 
+    def replacement(self, index: int) -> Dict[str, Any]:
+        """A good row's sample in place of bad row ``index``: random draws (seeded by seed, epoch and index), then
+        every row in order; raises when no row of the split is good. Rows found bad on the way are noted, and
+        counted at their own turn."""
+        draws = np.random.RandomState([self.seed, self.epoch, index]).randint(len(self), size=REPLACEMENT_DRAWS)
+        for other in itertools.chain(draws.tolist(), range(len(self))):
+            sample = self.sample_or_none(other)
+            if sample is not None:
+                return sample
+        first = self.skipped_rows[0][1] if self.skipped_rows else "?"
+        raise ValueError(f"{self.reader.path}: no row of the {self.split} split can be read (--skip-bad-rows skipped "
+                         f"all {len(self)}; the first: {first})")
+
     def located_message(self, err: ValueError, index: int) -> str:
         """The message of ``err`` with ``path:line:`` in front, unless it already names them."""
         where = f"{self.reader.path}:{self.reader.line_number(index)}"
         return str(err) if where in str(err) else f"{where}: {err}"
 
-    def record_skip(self, index: int, reason: str) -> None:
-        self.num_skipped += 1
+    def note_bad_row(self, index: int, reason: str) -> None:
+        """Remembers a bad row (it is not read again by this process) and logs the first ``MAX_LOGGED_SKIPS``."""
+        self.bad_rows.add(index)
         if len(self.skipped_rows) < MAX_LOGGED_SKIPS:
             self.skipped_rows.append((self.reader.line_number(index), reason))
             logger.warning("skipped bad row (--skip-bad-rows): %s", reason)
@@ -218,7 +262,7 @@ class UnivalDataset(FairseqDataset):
         if not self.num_skipped:
             return f"{self.reader.path}: no rows skipped"
         lines = ", ".join(str(line) for line, _ in self.skipped_rows)
-        more = "" if self.num_skipped <= len(self.skipped_rows) else ", ..."
+        more = "" if len(self.bad_rows) <= len(self.skipped_rows) else ", ..."
         return f"{self.reader.path}: skipped {self.num_skipped} bad rows (lines {lines}{more})"
 
     def encode(self, text: str, length: Optional[int] = None, append_bos: bool = False,
@@ -236,19 +280,20 @@ class UnivalDataset(FairseqDataset):
     def collater(self, samples: List[Optional[dict]]) -> Dict[str, Any]:
         """OFA's batch: ``id`` (dataset indices), ``uniq_ids``, ``nsentences``, ``ntokens``, ``net_input``
         (``src_tokens`` ... right-padded with ``<pad>``), ``target``, ``conf``, pass-through lists,
-        ``num_skipped`` (rows of this batch dropped as bad) and ``split``. A batch of bad rows only is ``{}``."""
+        ``num_skipped`` (bad rows of this batch, dropped or replaced) and ``split``. No samples at all is ``{}``
+        (fairseq's empty shard); bad rows only is :func:`skipped_only_batch`."""
         kept = [sample for sample in samples if sample is not None]
         if not kept:
-            return {}
+            return skipped_only_batch(len(samples), self.split) if samples else {}
         batch: Dict[str, Any] = {
             "id": torch.tensor([sample["index"] for sample in kept], dtype=torch.long),
             "uniq_ids": [sample.get("id") for sample in kept],
             "nsentences": len(kept),
             "net_input": {},
-            "num_skipped": len(samples) - len(kept),
+            "num_skipped": len(samples) - len(kept) + replaced_rows(samples),
             "split": self.split,  # e.g. which validation subset a batch is from (--valid-subset valid,test)
         }
-        consumed = {"id", "index"}
+        consumed = {"id", "index", "replaced"}
         for name, field in self.batch_fields.items():
             consumed.update(field.keys)
             value = field.collate(self, kept)

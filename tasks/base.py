@@ -134,6 +134,11 @@ class UnivalTaskConfig(FairseqDataclass):
     fairseq_tpu: Any = II("common.tpu")
 
 
+def has_samples(batch) -> bool:
+    """Whether a collated batch holds samples: not fairseq's empty batch, nor one whose rows were all bad."""
+    return bool(batch) and not batch.get("skipped_only")
+
+
 def readable_rows(reader: TSVReader, skip_bad_rows: bool) -> Iterator[List[str]]:
     """Every row of ``reader``; malformed ones raise (naming file and line) unless ``skip_bad_rows``."""
     for index in range(len(reader)):
@@ -424,9 +429,12 @@ class UnivalTask(FairseqTask):
         return loss, sample_size, logging_output
 
     def valid_step(self, sample, model, criterion, **kwargs):
+        if not has_samples(sample):  # every row of the batch was bad (--skip-bad-rows): only their count
+            skipped = sample.get("num_skipped", 0) if sample else 0
+            return torch.zeros(()), 0, {"num_skipped": skipped, "ntokens": 0, "nsentences": 0, "sample_size": 0}
         with self.forward_autocast(model):
             loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        logging_output["num_skipped"] = sample.get("num_skipped", 0) if sample else 0
+        logging_output["num_skipped"] = sample.get("num_skipped", 0)
         return loss, sample_size, logging_output
 
     def forward_autocast(self, model, optimizer=None):
@@ -452,7 +460,7 @@ class UnivalTask(FairseqTask):
         super().reduce_metrics(logging_outputs, criterion)
         skipped = summed(logging_outputs, "num_skipped")
         if skipped:
-            metrics.log_scalar("skipped_rows", skipped, priority=900, round=0)
+            metrics.log_scalar_sum("skipped_rows", skipped, priority=900, round=0)
 
     def max_positions(self):
         return (self.cfg.max_src_length, self.cfg.max_tgt_length)

@@ -4,8 +4,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
-import numpy as np
-import torch
 from fairseq.sequence_generator import SequenceGenerator
 from fairseq.tasks import register_task
 
@@ -14,7 +12,7 @@ from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import normalize_caption
 from unival.metrics import cider_d, cider_document_frequency
 from unival.task_metrics import log_ratio
-from unival.tasks.base import UnivalTask, UnivalTaskConfig, readable_rows
+from unival.tasks.base import UnivalTask, UnivalTaskConfig, has_samples, readable_rows
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +122,7 @@ class CaptionTask(UnivalTask):
 
     def valid_step(self, sample, model, criterion):
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        if self.cfg.eval_cider and sample:
+        if self.cfg.eval_cider and has_samples(sample):
             predictions = dict(enumerate(self.predict(model, sample)))
             references = dict(enumerate(sample["references"]))
             # the n-gram document frequencies of the batch's own subset (--valid-subset valid,test: each its own)

@@ -18,7 +18,7 @@ from unival.data_utils.transforms import (bins_to_box, box_to_bins, checked_box,
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import first_bin_index, normalize_phrase
 from unival.task_metrics import SIZE_BUCKETS, box_size_bucket, grounding_hits, log_accuracy
-from unival.tasks.base import UnivalTask, UnivalTaskConfig
+from unival.tasks.base import UnivalTask, UnivalTaskConfig, has_samples
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class RefcocoTask(UnivalTask):
     # ---- validation -------------------------------------------------------------------------------------
     def valid_step(self, sample, model, criterion):
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        if self.cfg.eval_acc and sample:
+        if self.cfg.eval_acc and has_samples(sample):
             predicted = torch.tensor(self.predict(model, sample), dtype=torch.float64)
             truth = torch.tensor(sample["references"], dtype=torch.float64)
             hits = grounding_hits(predicted, truth).tolist()

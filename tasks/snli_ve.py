@@ -12,7 +12,7 @@ from unival.data_utils.trie import Trie
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import encode_text, normalize_phrase
 from unival.task_metrics import log_accuracy
-from unival.tasks.base import UnivalTask, UnivalTaskConfig
+from unival.tasks.base import UnivalTask, UnivalTaskConfig, has_samples
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class SnliVeTask(UnivalTask):
 
     def valid_step(self, sample, model, criterion):
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        if self.cfg.eval_acc and sample:
+        if self.cfg.eval_acc and has_samples(sample):
             predictions = self.predict(model, sample)
             hits = [prediction == label for prediction, label in zip(predictions, sample["references"])]
             logging_output[f"_{METRIC}_hits"] = sum(hits)

@@ -14,7 +14,8 @@ from fairseq.tasks import register_task
 from omegaconf import II
 
 from unival.data_utils.answers import answer_confidences
-from unival.data_utils.dataset import BATCH_FIELDS, BatchField, UnivalDataset, compact_media
+from unival.data_utils.dataset import (BATCH_FIELDS, BatchField, UnivalDataset, compact_media, replaced_rows,
+                                       skipped_only_batch)
 from unival.data_utils.media import load_image
 from unival.data_utils.mixture import StreamMixture, parse_stream_weights
 from unival.data_utils.prepare.pretrain import UNIFY_COLUMNS
@@ -285,9 +286,12 @@ class UnifyDataset(UnivalDataset):
                 for item in items if item is not None for sample in item["samples"]]
 
     def collater(self, items: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
-        batch = super().collater(self.flattened(items))
-        if batch:
-            batch["num_skipped"] = sum(item is None for item in items)
+        skipped = sum(item is None for item in items) + replaced_rows(items)
+        samples = self.flattened(items)
+        if not samples:
+            return skipped_only_batch(skipped, self.split) if items else {}
+        batch = super().collater(samples)
+        batch["num_skipped"] = skipped
         return batch
 
 
@@ -296,14 +300,14 @@ class UnifyMixture(StreamMixture):
     ``stream_ids`` tell the criterion which stream each sample is from."""
 
     def collater(self, items) -> Dict[str, Any]:
-        samples, skipped = [], 0
+        samples, skipped = [], replaced_rows([item for _, item in items])
         for stream, item in items:
             if item is None:
                 skipped += 1
             else:
                 samples += self.datasets[self.names[stream]].flattened([item], stream)
         if not samples:
-            return {}
+            return skipped_only_batch(skipped, self.split) if items else {}
         batch = UnivalDataset.collater(next(iter(self.datasets.values())), samples)
         batch.update(num_skipped=skipped, streams=self.names, split=self.split)
         return batch

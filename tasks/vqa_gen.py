@@ -18,7 +18,7 @@ from unival.data_utils.trie import Trie
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import encode_text, normalize_question
 from unival.task_metrics import log_accuracy, summed
-from unival.tasks.base import UnivalTask, UnivalTaskConfig
+from unival.tasks.base import UnivalTask, UnivalTaskConfig, has_samples
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class VqaGenTask(UnivalTask):
         model = model if ema_model is None else ema_model.eval()
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         logging_output["num_unlisted"] = unlisted_count(sample)
-        if self.cfg.eval_accuracy and sample:
+        if self.cfg.eval_accuracy and has_samples(sample):
             predictions = self.predict(model, sample)
             scores = [vqa_score(prediction, refs) for prediction, refs in zip(predictions, sample["references"])]
             logging_output["_vqa_score_hits"] = float(sum(scores))
@@ -213,7 +213,7 @@ class VqaGenTask(UnivalTask):
         log_accuracy("vqa_score", logging_outputs)  # the soft scores are summed as "hits"
         unlisted = summed(logging_outputs, "num_unlisted")
         if unlisted:
-            metrics.log_scalar("unlisted_answers", unlisted, priority=900, round=0)
+            metrics.log_scalar_sum("unlisted_answers", unlisted, priority=900, round=0)
 
 
 def unlisted_count(sample) -> int:

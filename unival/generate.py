@@ -88,7 +88,7 @@ def generate_split(model, task, split: str, batch_size: int = 16,
     device = next(model.parameters()).device
     with overridden(task.cfg, **options), torch.no_grad():
         for sample in iterator:
-            if not sample:
+            if "net_input" not in sample:  # fairseq's empty batch, or one whose rows were all bad
                 continue
             if device.type == "cuda":
                 sample = utils.move_to_cuda(sample, device=device)  # the model's GPU, not the current one

@@ -171,7 +171,7 @@ def test_bad_rows_raise_with_file_and_line(tmp_path, dictionary, bpe):
 
 
 def test_bad_rows_skipped_and_counted(tmp_path, dictionary, bpe):
-    dataset = make_dataset(tmp_path, BAD_ROWS, dictionary, bpe, skip_bad_rows=True)
+    dataset = make_dataset(tmp_path, BAD_ROWS, dictionary, bpe, skip_bad_rows=True, shuffle=False)  # evaluation
     path = dataset.reader.path
     samples = [dataset[i] for i in range(len(dataset))]
     assert [sample is None for sample in samples] == [False, False, True, True, True, False]
@@ -183,12 +183,41 @@ def test_bad_rows_skipped_and_counted(tmp_path, dictionary, bpe):
     batch = dataset.collater(samples)
     assert batch["nsentences"] == 3 and batch["num_skipped"] == 3
     assert batch["id"].tolist() == [0, 1, 5]
-    assert dataset.collater([samples[2], samples[3]]) == {}
+    # bad rows only: their count, which fairseq hands to valid_step instead of a dummy batch; no rows at all: {}
+    assert dataset.collater([samples[2], samples[3]]) == {"skipped_only": True, "nsentences": 0, "ntokens": 0,
+                                                          "num_skipped": 2, "split": "train"}
+    assert dataset.collater([]) == {}
+
+
+def test_bad_training_rows_are_replaced_by_good_ones_and_counted_once(tmp_path, dictionary, bpe, caplog):
+    """A training batch never shrinks to nothing: fairseq would take a dummy step for it (an update with no
+    gradient, its count lost), or stop with "Invalid dummy batch" when it is the epoch's first batch."""
+    dataset = make_dataset(tmp_path, BAD_ROWS, dictionary, bpe, skip_bad_rows=True, seed=3)
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert all(sample is not None for sample in samples)
+    assert [sample["index"] for sample in samples][:2] == [0, 1] and samples[5]["index"] == 5
+    assert all(samples[i]["index"] in (0, 1, 5) and samples[i]["replaced"] for i in (2, 3, 4))
+    assert not any(samples[i].get("replaced") for i in (0, 1, 5))
+    assert dataset.num_skipped == 3 and dataset.bad_rows == {2, 3, 4}
+    assert caplog.text.count("skipped bad row") == 3  # each logged once, though replacements met them again
+    batch = dataset.collater(samples)
+    assert batch["nsentences"] == 6 and batch["num_skipped"] == 3 and "replaced" not in batch
+    # the replacement depends on (seed, epoch, row) only
+    again = make_dataset(tmp_path, BAD_ROWS, dictionary, bpe, skip_bad_rows=True, seed=3)
+    assert [again[i]["index"] for i in (2, 3, 4)] == [samples[i]["index"] for i in (2, 3, 4)]
+
+
+def test_a_training_split_without_a_good_row_stops(tmp_path, dictionary, bpe):
+    rows = [["r", "?", "-"], ["s", "two columns"]]
+    dataset = make_dataset(tmp_path, rows, dictionary, bpe, skip_bad_rows=True)
+    with pytest.raises(ValueError, match=r"train.tsv: no row of the train split can be read \(--skip-bad-rows "
+                                         r"skipped all 2; the first: .*train.tsv:1: empty caption"):
+        dataset[0]
 
 
 def test_skipped_rows_listed_up_to_twenty(tmp_path, dictionary, bpe):
     rows = [["r", "?", "-"]] * 25 + [["ok", "red", "-"]]
-    dataset = make_dataset(tmp_path, rows, dictionary, bpe, skip_bad_rows=True)
+    dataset = make_dataset(tmp_path, rows, dictionary, bpe, skip_bad_rows=True, shuffle=False)
     assert sum(dataset[i] is None for i in range(len(dataset))) == 25
     assert dataset.num_skipped == 25 and len(dataset.skipped_rows) == 20
     assert dataset.skipped_summary().endswith("skipped 25 bad rows (lines " + ", ".join(map(str, range(1, 21)))

@@ -307,6 +307,29 @@ def test_a_model_trained_without_dict_file_is_evaluated_without_its_training_spl
     assert json.loads((tmp_path / "scores.json").read_text())["num_predictions"] == 24
 
 
+def test_training_with_mostly_bad_rows_skips_and_counts_them(tmp_path):
+    """--skip-bad-rows through fairseq-train where whole batches are bad (a wrong --media-dir, say): training
+    batches are filled with good rows, validation counts an all-bad batch; before, fairseq stopped on "Invalid
+    dummy batch: {}" or took dummy updates and lost the counts."""
+    data = tmp_path / "data"
+    write_demo_corpus(data, seed=6, num_images=(4, 4, 2), modalities=("image",))
+    for split, bad in (("train", 16), ("valid", 2)):
+        path = data / f"caption_{split}.tsv"
+        rows = [line.split("\t") for line in path.read_text().splitlines()]
+        for row in rows[:bad]:
+            row[-1] = "bm90IGFuIGltYWdl"  # base64 of "not an image"
+        path.write_text("".join("\t".join(row) + "\n" for row in rows))
+    result = run([str(BIN / "fairseq-train"), str(data), "--user-dir", plugin_dir(), "--save-dir", str(tmp_path / "run"),
+                  *TRAIN_OPTIONS, "--no-save", "--skip-bad-rows", "--batch-size", "2", "--batch-size-valid", "2",
+                  "--max-epoch", "1", "--eval-beam", "1", "--eval-max-len", "4"], tmp_path)
+    log = result.stdout + result.stderr
+    train = re.search(r"\| train \| epoch 001 \|.*", log).group(0)
+    valid = re.search(r"\| valid \| epoch 001 \|.*", log).group(0)
+    assert "| num_updates 10 |" in train, "20 rows (4 good) in batches of 2: 10 updates, none a dummy"
+    assert "| skipped_rows 16 |" in train and "| bsz 2 |" in train
+    assert "| skipped_rows 2 |" in valid and "| cider " in valid  # one batch of bad rows, one of good ones
+
+
 @pytest.mark.parametrize("choice", ["auto", "glibc"])
 def test_unival_train_runs_fairseq_train_under_the_chosen_allocator(corpus, tmp_path, choice):
     """`unival train` (what the run scripts call) starts fairseq-train with --malloc's allocator preloaded (auto:

@@ -98,14 +98,21 @@ def test_bad_rows_are_skipped_and_counted_on_request(tmp_path):
     task.load_dataset("train")
     dataset = task.dataset("train")
     batch = dataset.collater([dataset[i] for i in range(5)])
-    assert batch["nsentences"] == 2 and batch["num_skipped"] == 3
+    assert batch["nsentences"] == 5 and batch["num_skipped"] == 3  # in training, good rows stand in for bad ones
     assert dataset.num_skipped == 3 and "lines 3, 4, 5" in dataset.skipped_summary()
-    with metrics.aggregate() as aggregated:
-        task.reduce_metrics([{"num_skipped": batch["num_skipped"]}], criterion=_NoMetrics())
-    assert aggregated.get_smoothed_values()["skipped_rows"] == 3
-    # validation counts them too (its log line showed none)
-    _, _, logged = task.valid_step(batch, torch.nn.Identity(), lambda model, sample: (torch.zeros(()), 1, {}))
-    assert logged["num_skipped"] == 3
+    with metrics.aggregate() as aggregated:  # an epoch of three updates, one with no bad row: their sum
+        for skipped in (batch["num_skipped"], 0, 2):
+            task.reduce_metrics([{"num_skipped": skipped}], criterion=_NoMetrics())
+    assert aggregated.get_smoothed_values()["skipped_rows"] == 5
+    # validation counts them too (its log line showed none), also in a batch of bad rows only
+    write_split(tmp_path, "valid", rows)
+    task.load_dataset("valid")
+    valid = task.dataset("valid")
+    criterion = lambda model, sample: (torch.zeros(()), len(sample["id"]), {})  # noqa: E731
+    _, size, logged = task.valid_step(valid.collater([valid[i] for i in range(5)]), torch.nn.Identity(), criterion)
+    assert size == 2 and logged["num_skipped"] == 3
+    _, size, logged = task.valid_step(valid.collater([valid[i] for i in (2, 3)]), torch.nn.Identity(), criterion)
+    assert size == 0 and logged["num_skipped"] == 2
 
 
 class _NoMetrics:
