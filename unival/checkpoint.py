@@ -76,6 +76,9 @@ def read_checkpoint(path: Union[str, Path], allow_unsafe: bool = False) -> Dict[
     """Unpickles a checkpoint with ``weights_only=True`` (only tensors and the few containers real
     checkpoints hold); ``allow_unsafe`` falls back to full unpickling, which can run code from the file."""
     path = Path(path)
+    if path.is_dir():
+        kind = "a model exported by `unival convert`" if (path / "config.json").is_file() else "not a checkpoint"
+        raise FileNotFoundError(f"{path} is a folder ({kind}): give a checkpoint file (.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     allow_checkpoint_types()

@@ -82,6 +82,24 @@ def check_same_vocabulary(first: Dict[str, Any], other: Dict[str, Any], first_so
                                   f"({difference}): their embeddings do not mean the same words")
 
 
+def tensor_view(tensor: torch.Tensor) -> Tuple:
+    """What makes two entries of a state dict one tensor (tied weights): the same memory, seen the same way."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
+            tensor.dtype)
+
+
+def tied_entries(weights: Dict[str, torch.Tensor]) -> Dict[str, str]:
+    """Each key whose tensor is also an earlier key's (BART's token embeddings and output projection are one
+    table) mapped to that earlier key."""
+    first_key: Dict[Tuple, str] = {}
+    tied = {}
+    for key, value in weights.items():
+        owner = first_key.setdefault(tensor_view(value), key)
+        if owner != key:
+            tied[key] = owner
+    return tied
+
+
 def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Sequence[float]] = None,
                       ema: bool = False, allow_unsafe: bool = False) -> Tuple[Dict[str, Any], MergeReport]:
     """The checkpoint whose weights are ``sum_i weights[i] * weights of paths[i]`` (see
@@ -96,6 +114,7 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
         first.pop(key, None)
     first_options = dataclasses.asdict(checkpoint_config(first, sources[0]))
     first_weights = stored_weights(first, ema, sources[0])
+    tied = tied_entries(first_weights)  # kept tied if tied in every checkpoint: merged once, stored once
     sums: Dict[str, torch.Tensor] = {}
     identical = {key: True for key in first_weights}
     report = MergeReport()
@@ -107,6 +126,7 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
                                     sources[0], source)
             check_same_network(first_weights, tensors, sources[0], source)
             check_same_vocabulary(first, state, sources[0], source)
+            tied = {key: owner for key, owner in tied_entries(tensors).items() if tied.get(key) == owner}
         for key, value in tensors.items():
             reference = first_weights[key]
             if index and identical[key] and not torch.equal(value, reference):
@@ -126,6 +146,8 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
         else:
             merged_weights[key] = reference
             report.identical += reference.is_floating_point()
+    for key, owner in tied.items():  # one tensor again, as in the checkpoints (not one copy per name)
+        merged_weights[key] = merged_weights[owner]
     merged = dict(first)
     merged["model"] = merged_weights
     if first.get("extra_state") is not None:

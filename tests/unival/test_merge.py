@@ -180,3 +180,32 @@ def test_original_checkpoints_merge_in_their_own_format(fixtures_dir, tmp_path):
     reference = unival.load_checkpoint(original).state_dict()
     loaded = unival.load_checkpoint(tmp_path / "m.pt").state_dict()
     torch.testing.assert_close(loaded[FC1], reference[FC1] + 0.0025)
+
+
+def test_tied_tensors_stay_one_tensor(pair, tmp_path):
+    """BART's token embeddings and output projection are one table: the merged checkpoint stores it once (three
+    copies made a merged unival_base file 360 MB larger), and a model loading it keeps them tied."""
+    out = tmp_path / "merged.pt"
+    cli_main(["merge", str(pair[0]), str(pair[1]), "--weights", "0.8", "--out", str(out)])
+    weights = read_checkpoint(out)["model"]
+    names = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
+    assert len({weights[name].untyped_storage().data_ptr() for name in names}) == 1
+    first, second = (read_checkpoint(path)["model"][names[0]] for path in pair)
+    assert torch.allclose(weights[names[2]], 0.8 * first + 0.2 * second, atol=1e-6)
+    model = unival.load_checkpoint(out)
+    assert model.decoder.output_projection.weight is model.encoder.embed_tokens.weight
+    # a checkpoint whose tables are separate tensors (equal or not) is merged entry by entry
+    untied = read_checkpoint(pair[1])
+    untied["model"] = {key: value.clone() for key, value in untied["model"].items()}
+    torch.save(untied, tmp_path / "untied.pt")
+    merged, _ = merge_checkpoints([pair[0], tmp_path / "untied.pt"])
+    assert merged["model"][names[1]].untyped_storage().data_ptr() != \
+        merged["model"][names[0]].untyped_storage().data_ptr()
+
+
+def test_a_folder_is_named_as_such(pair, tmp_path):
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"exported is a folder \(a model exported by `unival convert`\): give a "
+                                         r"checkpoint file \(.pt\)"):
+        cli_main(["merge", str(pair[0]), str(tmp_path / "exported"), "--out", str(tmp_path / "m.pt")])
