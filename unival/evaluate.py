@@ -14,7 +14,8 @@ import torch
 
 from unival.data_utils.answers import answer_confidences
 from unival.data_utils.media import load_image
-from unival.data_utils.transforms import bins_to_box, parse_box, resize_box
+from unival.data_utils.prepare.vqa import normalize_answer
+from unival.data_utils.transforms import bins_to_box, parse_box
 from unival.data_utils.tsv import TSVReader
 from unival.metrics import CAPTION_METRICS, DEFAULT_JAVA_TIMEOUT, check_same_ids, score_captions
 from unival.task_metrics import entailment_accuracy, grounding_accuracy
@@ -306,18 +307,38 @@ def grounding_references(args, predictions: Predictions) -> Dict[str, Tuple[floa
     return tsv_column(references_file(args), predictions.id_kind, 3, parse_box, {"id": 0})
 
 
+def normalized_confidences(confidences: Mapping[str, float]) -> Dict[str, float]:
+    """Reference answers normalised as predictions are (``unival prepare`` already wrote them so; other TSVs
+    may not have): answers that become equal keep the highest confidence."""
+    normalized: Dict[str, float] = {}
+    for answer, confidence in confidences.items():
+        key = normalize_answer(answer)
+        normalized[key] = max(confidence, normalized.get(key, 0.0))
+    return normalized
+
+
 def score_answers(predictions: Mapping[str, str], references: Mapping[str, Dict[str, float]], args) -> Dict:
-    """VQA accuracy (percent): the mean confidence of the reference answer each prediction matches."""
+    """VQA accuracy (percent): the mean confidence of the reference answer each prediction matches, both
+    normalised as the official VQA evaluation does (case, punctuation, number words, articles)."""
     check_same_ids(predictions, references)
-    total = sum(vqa_score(str(predictions[key]).strip(), references[key]) for key in references)
+    total = sum(vqa_score(normalize_answer(str(predictions[key])), normalized_confidences(references[key]))
+                for key in references)
     return {"task": args.task, "num_predictions": len(predictions),
             "scores": {"accuracy": 100.0 * total / len(references)}, "skipped": {}}
 
 
 def score_entailment(predictions: Mapping[str, str], references: Mapping[str, str], args) -> Dict:
+    """Accuracy (percent); a prediction may be yes/no/maybe or entailment/contradiction/neutral, in any case."""
     check_same_ids(predictions, references)
     keys = list(references)
-    accuracy = entailment_accuracy([str(predictions[key]) for key in keys], [references[key] for key in keys])
+    labels = []
+    for key in keys:
+        try:
+            labels.append(entailment_label(str(predictions[key])))
+        except ValueError as err:
+            raise InputError(f"{getattr(args, 'predictions', None) or 'the predictions'}: prediction {key!r}: "
+                             f"{err}") from err
+    accuracy = entailment_accuracy(labels, [references[key] for key in keys])
     return {"task": args.task, "num_predictions": len(predictions), "scores": {"accuracy": accuracy},
             "skipped": {}}
 
@@ -328,8 +349,10 @@ def score_grounding(predictions: Mapping[str, Sequence[float]], references: Mapp
     check_same_ids(predictions, references)
     keys = list(references)
     for key in keys:
-        if len(predictions[key]) != 4:
-            raise InputError(f"the predicted box of {key!r} has {len(predictions[key])} coordinates, expected 4")
+        box = predictions[key]
+        if len(box) != 4 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in box):
+            raise InputError(f"{getattr(args, 'predictions', None) or 'the predictions'}: the predicted box of "
+                             f"{key!r} is {shorten(box)}: expected 4 numbers x0, y0, x1, y1")
     summary = grounding_accuracy(torch.tensor([list(map(float, predictions[key])) for key in keys]),
                                  torch.tensor([list(references[key]) for key in keys]))
     scores = {("Acc@0.5" + name[len("accuracy"):].replace("_", " ")): value
@@ -340,11 +363,12 @@ def score_grounding(predictions: Mapping[str, Sequence[float]], references: Mapp
 
 
 def boxes_of_generated_bins(args, predictions: Predictions) -> Dict[str, List[float]]:
-    """fairseq-generate prints grounding hypotheses as four ``<bin_k>`` tokens over the resized image; the
-    boxes in pixels of each original image (read from the references TSV) need --patch-image-size."""
-    if args.patch_image_size is None:
-        raise InputError("--task refcoco with fairseq-generate output needs --patch-image-size (the resolution the "
-                         "model saw) to turn <bin> tokens into boxes")
+    """fairseq-generate prints grounding hypotheses as four ``<bin_k>`` tokens: fractions k / (num_bins - 1) of
+    the sides of the image the model saw, hence of the original image's (whose size the references TSV gives).
+    Which fraction a bin is depends on the model's --num-bins, which must be given."""
+    if args.num_bins is None:
+        raise InputError("--task refcoco with fairseq-generate output needs --num-bins, the number of <bin> tokens "
+                         "of the model (1000 for UnIVAL's; the demo's 128), to turn its bins into boxes")
     reader = TSVReader(references_file(args), cache_index=False)
     media_dir = args.media_dir or str(Path(args.references).parent)
     try:
@@ -352,13 +376,14 @@ def boxes_of_generated_bins(args, predictions: Predictions) -> Dict[str, List[fl
         for key, text in predictions.values.items():
             try:
                 bins = bins_from_text(str(text))
+                if max(bins) >= args.num_bins:
+                    raise ValueError(f"<bin_{max(bins)}> is beyond --num-bins {args.num_bins}: give the model's")
             except ValueError as err:
                 raise InputError(f"{args.predictions}: sample {key}: {err}") from err
             index = int(key)
             where = f"{args.references}:{reader.line_number(index)}"
             size = load_image(reader.row(index)[4], media_dir, source=where).size
-            square = bins_to_box(bins, args.patch_image_size, args.num_bins)
-            boxes[key] = list(resize_box(square, args.patch_image_size, size))
+            boxes[key] = list(bins_to_box(bins, size, args.num_bins))
         return boxes
     finally:
         reader.close()
@@ -446,6 +471,10 @@ def evaluate_checkpoint(args) -> Dict:
     else:
         state = read_checkpoint(args.checkpoint)
         trained_with = stored_task_options(state)
+    trained_task = (trained_with or {}).get("_name")
+    if trained_task and trained_task != args.task:
+        print(f"[unival evaluate] note: the checkpoint was trained on the {trained_task} task and is evaluated as "
+              f"{args.task}", flush=True)
     adopted = adopted_input_options(args.task, trained_with or {}, given)
     if adopted:
         print(f"[unival evaluate] as in the checkpoint's training run: {' '.join(adopted)}", flush=True)
@@ -496,10 +525,16 @@ def in_precision(model, args):
 def save_predictions(path: str, predictions: Mapping, evaluation: TaskEvaluation) -> None:
     """Predictions as the JSON list ``unival evaluate --predictions`` reads back (VQA: the official format)."""
     value_key = evaluation.json_format["value_key"]
-    items = [{evaluation.saved_id_key: key, value_key: list(value) if isinstance(value, tuple) else value}
+    items = [{evaluation.saved_id_key: json_id(key), value_key: list(value) if isinstance(value, tuple) else value}
              for key, value in predictions.items()]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(items, indent=1) + "\n", encoding="utf-8")
+
+
+def json_id(key: str):
+    """An id as the benchmarks' own files write it: a number when it is one (VQA's question_id, COCO's
+    image_id), the text otherwise."""
+    return int(key) if key.isdigit() and str(int(key)) == key else key
 
 
 def task_name(value: str) -> str:
@@ -547,8 +582,11 @@ def add_arguments(parser) -> None:
                         help="seconds each Java step (tokenizer, METEOR, SPICE) may run before it is given up")
     parser.add_argument("--spice-cache", help="folder where SPICE caches parsed references between runs")
     parser.add_argument("--patch-image-size", type=int,
-                        help="refcoco with fairseq-generate output: the image size the model saw")
-    parser.add_argument("--num-bins", type=int, default=1000, help="refcoco: number of <bin> tokens (default 1000)")
+                        help="not needed: <bin> tokens are fractions of the image's sides whatever the size the "
+                             "model saw (accepted for earlier command lines)")
+    parser.add_argument("--num-bins", type=int,
+                        help="refcoco with fairseq-generate output: the model's number of <bin> tokens (1000 for "
+                             "UnIVAL's)")
     parser.add_argument("--data", help="--checkpoint: the folder of the task's TSV files")
     parser.add_argument("--config", help="--checkpoint: take the task's options (dictionary, resolution, decoding) "
                                          "from this training config, e.g. vqav2/finetune; options after '--' win")
@@ -568,7 +606,9 @@ def run(args) -> int:
     try:
         results = evaluate_checkpoint(args) if args.checkpoint else evaluate_files(args)
     except (ValueError, OSError) as err:
-        print(f"unival evaluate: error: {err}", file=sys.stderr)
+        hint = " (task options go after `--`: unival evaluate ... -- --tsv-prefix PREFIX)" \
+            if args.checkpoint and "pass --tsv-prefix" in str(err) else ""
+        print(f"unival evaluate: error: {err}{hint}", file=sys.stderr)
         return 2
     results["task"] = args.task  # the caption metrics say "caption" for video and audio captions too
     print(results_table(results))

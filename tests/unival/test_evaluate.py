@@ -263,7 +263,30 @@ def test_vqa_accuracy_of_json_predictions(tmp_path):
     output = tmp_path / "results.json"
     assert cli_main(["evaluate", "--task", "vqa_gen", "--predictions", str(predictions), "--references",
                      str(references), "--output", str(output)]) == 0
-    assert json.loads(output.read_text())["scores"]["accuracy"] == pytest.approx(100 * (0.3333 + 0.6 + 0) / 3)
+    # "2" matches "2" (0.6) and "two", which normalises to "2" (1.0): the higher counts
+    assert json.loads(output.read_text())["scores"]["accuracy"] == pytest.approx(100 * (0.3333 + 1.0 + 0) / 3)
+
+
+def test_vqa_answers_are_normalised_as_the_official_evaluation_does(tmp_path):
+    """Case, punctuation, number words and articles, on both sides (a reference TSV need not be normalised)."""
+    rows = [row[:3] + [answers] + row[4:] for row, answers in
+            zip(VQA_ROWS, ["1.0|!+Red&&0.3333|!+dark red", "1.0|!+two&&0.6|!+2", "1.0|!+the top"])]
+    references = write_tsv(tmp_path / "vqa_test.tsv", rows)
+    predictions = tmp_path / "answers.json"
+    predictions.write_text(json.dumps([{"question_id": "q1", "answer": "RED"}, {"question_id": "q2", "answer": "2."},
+                                       {"question_id": "q3", "answer": "Top"}]))
+    output = tmp_path / "results.json"
+    assert cli_main(["evaluate", "--task", "vqa_gen", "--predictions", str(predictions), "--references",
+                     str(references), "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["scores"]["accuracy"] == pytest.approx(100.0)  # "2" takes two's 1.0
+
+
+def test_saved_predictions_write_numeric_ids_as_numbers(tmp_path):
+    from unival.evaluate import EVALUATORS, save_predictions
+    save_predictions(str(tmp_path / "p.json"), {"262148000": "yes", "0": "no", "007": "two", "q4": "three"},
+                     EVALUATORS["vqa_gen"])
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert [item["question_id"] for item in saved] == [262148000, 0, "007", "q4"]  # the official format's ints
 
 
 def test_vqa_accuracy_of_generate_output_by_row(tmp_path):
@@ -276,7 +299,7 @@ def test_vqa_accuracy_of_generate_output_by_row(tmp_path):
     assert json.loads(output.read_text())["scores"]["accuracy"] == pytest.approx(100 * 2 / 3)
 
 
-def test_entailment_accuracy_maps_snli_labels(tmp_path):
+def test_entailment_accuracy_maps_snli_labels(tmp_path, capsys):
     rows = [["1", "7", "IMG", "a dog runs", "a dog", "entailment"], ["2", "7", "IMG", "a cat", "a dog", "no"],
             ["3", "8", "IMG", "it is heavy", "a box", "neutral"], ["4", "8", "IMG", "x", "y", "contradiction"]]
     references = write_tsv(tmp_path / "snli_ve_test.tsv", rows)
@@ -287,6 +310,16 @@ def test_entailment_accuracy_maps_snli_labels(tmp_path):
     assert cli_main(["evaluate", "--task", "snli_ve", "--predictions", str(predictions), "--references",
                      str(references), "--output", str(output)]) == 0
     assert json.loads(output.read_text())["scores"] == {"accuracy": 50.0}
+    # predictions may name the labels as SNLI does, in any case; an unknown label is refused naming the id
+    predictions.write_text(json.dumps([{"id": i, "answer": a} for i, a in
+                                       [("1", "Entailment"), ("2", " NO"), ("3", "neutral"), ("4", "Contradiction")]]))
+    assert cli_main(["evaluate", "--task", "snli_ve", "--predictions", str(predictions), "--references",
+                     str(references), "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["scores"] == {"accuracy": 100.0}
+    predictions.write_text(json.dumps([{"id": i, "answer": "banana"} for i in "1234"]))
+    assert cli_main(["evaluate", "--task", "snli_ve", "--predictions", str(predictions), "--references",
+                     str(references)]) == 2
+    assert "p.json: prediction '1': label 'banana' is not one of entailment" in capsys.readouterr().err
     rows[1][5] = "perhaps"
     write_tsv(references, rows)
     with pytest.raises(InputError, match=r"snli_ve_test.tsv:2: label 'perhaps' is not one of"):
@@ -304,7 +337,7 @@ def png_base64(width, height):
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def test_grounding_accuracy_by_size_from_json_and_from_generated_bins(tmp_path):
+def test_grounding_accuracy_by_size_from_json_and_from_generated_bins(tmp_path, capsys):
     # image 200x100; boxes: 20x20 (small), 60x50 (medium), 150x80 (large)
     image = png_base64(200, 100)
     rows = [["r0", "1", "left", "0,0,20,20", image], ["r1", "1", "middle", "50,25,110,75", image],
@@ -325,11 +358,19 @@ def test_grounding_accuracy_by_size_from_json_and_from_generated_bins(tmp_path):
     generated.write_text("D-0\t-0.1\t<bin_0><bin_0><bin_100><bin_200>\n"
                          "D-1\t-0.1\t<bin_250> <bin_250> <bin_549> <bin_749>\n"
                          "D-2\t-0.1\t<bin_0><bin_0><bin_10><bin_10>\n")
-    assert cli_main(["evaluate", "--task", "refcoco", "--predictions", str(generated), "--references",
-                     str(references), "--patch-image-size", "100", "--output", str(output)]) == 0
+    command = ["evaluate", "--task", "refcoco", "--predictions", str(generated), "--references", str(references),
+               "--output", str(output)]
+    assert cli_main(command + ["--num-bins", "1000"]) == 0
     assert json.loads(output.read_text())["scores"]["Acc@0.5"] == pytest.approx(200 / 3)
-    assert cli_main(["evaluate", "--task", "refcoco", "--predictions", str(generated), "--references",
-                     str(references)]) == 2
+    # bins are fractions of the sides: the size the model saw does not matter (the option is still accepted)
+    assert cli_main(command + ["--num-bins", "1000", "--patch-image-size", "384"]) == 0
+    assert json.loads(output.read_text())["scores"]["Acc@0.5"] == pytest.approx(200 / 3)
+    # the number of bins does; a default of 1000 scored a 128-bin model's boxes 0.0 without a word
+    capsys.readouterr()
+    assert cli_main(command) == 2
+    assert "needs --num-bins, the number of <bin> tokens of the model" in capsys.readouterr().err
+    assert cli_main(command + ["--num-bins", "128"]) == 2
+    assert "gen.txt: sample 0: <bin_200> is beyond --num-bins 128" in capsys.readouterr().err
 
 
 def test_grounding_bins_read_image_sizes_from_the_media_dir(tmp_path):
@@ -344,7 +385,7 @@ def test_grounding_bins_read_image_sizes_from_the_media_dir(tmp_path):
     generated = tmp_path / "gen.txt"
     generated.write_text("D-0\t-0.1\t<bin_0><bin_0><bin_100><bin_200>\n")
     command = ["evaluate", "--task", "refcoco", "--predictions", str(generated), "--references", str(references),
-               "--patch-image-size", "100", "--output", str(tmp_path / "r.json")]
+               "--num-bins", "1000", "--output", str(tmp_path / "r.json")]
     assert cli_main(command) == 2  # beside the TSV: no such image
     assert cli_main(command + ["--media-dir", str(tmp_path / "coco")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["scores"]["Acc@0.5"] == 100.0
@@ -384,3 +425,19 @@ def test_a_config_of_another_task_is_refused(tmp_path, capsys):
     assert cli_main(["evaluate", "--task", "refcoco", "--checkpoint", str(tmp_path / "model.pt"), "--data",
                      str(tmp_path), "--config", "caption/demo"]) == 2
     assert "--config caption/demo is a config of the caption task, not of --task refcoco" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_task_is_noted_and_task_options_are_placed_after_the_dashes(tmp_path, capsys):
+    from test_merge import write_checkpoint  # a caption checkpoint of a tiny model
+
+    checkpoint = write_checkpoint(tmp_path / "caption.pt", seed=1)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [["r0", "1", "left", "0,0,20,20", png_base64(40, 40)]]
+    for split in ("train", "test"):
+        write_tsv(data / f"refcoco_{split}.tsv", rows)
+    assert cli_main(["evaluate", "--task", "refcoco", "--checkpoint", str(checkpoint), "--data", str(data)]) == 2
+    out, err = capsys.readouterr()
+    assert "note: the checkpoint was trained on the caption task and is evaluated as refcoco" in out
+    assert "the folder has refcoco_train.tsv: pass --tsv-prefix refcoco" in err
+    assert err.rstrip().endswith("(task options go after `--`: unival evaluate ... -- --tsv-prefix PREFIX)")
