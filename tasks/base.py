@@ -350,8 +350,13 @@ class UnivalTask(FairseqTask):
             if trained != here:
                 differing.append(name)
                 option = "--" + name.replace("_", "-")
-                logger.warning("the model was trained with %s %s but this run uses %s %s: pass %s %s to give it the "
-                               "inputs it was trained on", option, trained, option, here, option, trained)
+                if isinstance(here, bool):  # a flag: given or not
+                    logger.warning("the model was trained %s %s but this run %s: %s it to give the model the inputs "
+                                   "it was trained on", "with" if trained else "without", option,
+                                   "does not pass it" if trained else "passes it", "add" if trained else "drop")
+                else:
+                    logger.warning("the model was trained with %s %s but this run uses %s %s: pass %s %s to give it "
+                                   "the inputs it was trained on", option, trained, option, here, option, trained)
         return differing
 
     # The media a task reads; video and audio tasks override these three.

@@ -207,6 +207,16 @@ def test_generation_warns_about_input_options_that_differ_from_training(tmp_path
     assert "max-src-length" not in caplog.text and "tsv-prefix" not in caplog.text  # not input options
     assert task.warn_about_training_options(trained) == ["patch_image_size"]  # num_frames: not a caption option
     assert len(task.dataset("test")) == 2
+    # a flag is added or dropped, not given a value (fairseq would refuse "--imagenet-default-mean-and-std False")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        task.warn_about_training_options(OmegaConf.create({"imagenet_default_mean_and_std": True}))
+    assert "trained with --imagenet-default-mean-and-std but this run does not pass it: add it to give" in caplog.text
+    flagged = make_task(tmp_path, patch_image_size=32, imagenet_default_mean_and_std=True)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        flagged.warn_about_training_options(OmegaConf.create({"imagenet_default_mean_and_std": False}))
+    assert "trained without --imagenet-default-mean-and-std but this run passes it: drop it" in caplog.text
 
 
 def test_validation_cider_of_each_subset_uses_its_own_document_frequencies(tmp_path, monkeypatch):
