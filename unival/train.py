@@ -107,12 +107,31 @@ def without_other_criterions_options(options: Dict[str, Any], criterion: Optiona
     return {key: value for key, value in options.items() if key not in theirs - kept}
 
 
+def scaled_schedule(options: Dict[str, Any], extra: List[str]) -> List[str]:
+    """``--total-num-update`` for a ``--max-epoch`` given in ``extra`` other than the config's, scaled with it, so
+    that the learning rate still decays over the whole run (with the config's, a shorter run stops before the rate
+    has decayed, a longer one trains its last epochs at the final rate). Nothing when ``extra`` sets the schedule's
+    length itself or the config has no such schedule."""
+    epochs = given_value(extra, "--max-epoch")
+    if epochs is None or given_value(extra, "--total-num-update") is not None or given_value(extra, "--max-update") \
+            or not options.get("max_epoch") or not options.get("total_num_update"):
+        return []
+    total = max(1, round(int(options["total_num_update"]) * int(epochs) / int(options["max_epoch"])))
+    if total == int(options["total_num_update"]):
+        return []
+    print(f"[unival] --max-epoch {epochs} instead of the config's {options['max_epoch']}: --total-num-update {total} "
+          f"(the config's {options['total_num_update']} scaled), so that the learning rate schedule spans the run",
+          flush=True)
+    return ["--total-num-update", str(total)]
+
+
 def train_command(config: str, data: str, save_dir: str, extra: Optional[List[str]] = None) -> List[str]:
     options = load_config(find_config(config))
     options.pop("command", None)
-    options = without_other_criterions_options(options, given_value(list(extra or []), "--criterion"))
+    extra = list(extra or [])
+    options = without_other_criterions_options(options, given_value(extra, "--criterion"))
     argv = [data, "--user-dir", plugin_dir(), "--save-dir", save_dir] + options_to_argv(options)
-    return ["fairseq-train"] + argv + list(extra or [])
+    return ["fairseq-train"] + argv + extra + scaled_schedule(options, extra)
 
 
 def check_precision_options(argv: List[str]) -> None:

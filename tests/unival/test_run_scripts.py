@@ -122,7 +122,7 @@ def test_train_script_passes_paths_and_hardware_to_unival_train(script, paths, c
     assert cli_main(argv[:split] + ["--dry-run"] + argv[split:]) == 0
     printed = capsys.readouterr().out
     task = load_config(CONFIG_ROOT / f"{config}.yaml")["task"]
-    assert printed.startswith("+ fairseq-train ")
+    assert "\n+ fairseq-train " in "\n" + printed  # after the note on the scaled schedule of --max-epoch 1
     assert f" --task {task} " in printed and f" --save-dir {paths['SAVE_DIR']} " in printed
 
 

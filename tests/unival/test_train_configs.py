@@ -43,8 +43,9 @@ def test_circular_includes_are_refused(tmp_path):
 def test_dry_run_prints_the_command_with_passthrough_options(tmp_path, capsys):
     assert cli_main(["train", "caption/demo", "--data", str(tmp_path), "--save-dir", "out", "--dry-run", "--",
                      "--max-epoch", "2"]) == 0
-    command, allocator = capsys.readouterr().out.splitlines()
-    assert command.startswith("+ fairseq-train ") and command.endswith("--max-epoch 2")
+    scaled, command, allocator = capsys.readouterr().out.splitlines()
+    assert scaled.startswith("[unival] --max-epoch 2 instead of the config's 3: --total-num-update 300")
+    assert command.startswith("+ fairseq-train ") and command.endswith("--max-epoch 2 --total-num-update 300")
     assert "--arch unival_tiny" in command and "--task caption" in command
     assert allocator.startswith("[unival] memory allocator: ")
 
@@ -109,3 +110,21 @@ def test_a_criterion_chosen_on_the_command_line_drops_the_configs_criterion_opti
     assert args.criterion == "scst_reward_criterion" and args.reward == "cider"
     assert "--label-smoothing" in train_command("caption/demo", str(tmp_path), "out", ["--criterion=" +
                                                 "adjust_label_smoothed_cross_entropy"])
+
+
+def test_another_number_of_epochs_scales_the_learning_rate_schedule(tmp_path, capsys):
+    """caption/demo: 3 epochs, the rate decaying over 450 updates. With --max-epoch 1 it stopped at 7e-4 of 1e-3
+    (the schedule kept 450); the schedule now spans the run, unless the command line sets its length."""
+    def schedule(extra):
+        argv = train_command("caption/demo", str(tmp_path), "out", extra)[1:]
+        cfg = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
+        return cfg.max_epoch, int(cfg.total_num_update)
+
+    assert schedule([]) == (3, 450)
+    assert schedule(["--max-epoch", "1"]) == (1, 150)
+    assert "--max-epoch 1 instead of the config's 3: --total-num-update 150 (the config's 450 scaled)" in \
+        capsys.readouterr().out
+    assert schedule(["--max-epoch=6"]) == (6, 900)
+    assert schedule(["--max-epoch", "1", "--total-num-update", "200"]) == (1, 200)
+    capsys.readouterr()
+    assert schedule(["--max-epoch", "3"]) == (3, 450) and "scaled" not in capsys.readouterr().out
