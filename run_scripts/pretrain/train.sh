@@ -12,7 +12,8 @@
 # same with _valid), written by `unival prepare pretrain` from the tasks' TSV files, e.g.
 #   unival prepare pretrain --stream image --split train --caption caption_train.tsv --vqa vqa_train.tsv \
 #     --grounding refcoco_train.tsv --out "$DATA"
-# Without valid files pass --disable-validation.
+# Without valid files pass --disable-validation (every stage's training and validation files are checked before the
+# first stage trains).
 # Example:
 #   DATA=data/pretrain MEDIA_DIR=/datasets DICT_FILE=bart.base/dict.txt BART_CHECKPOINT=bart.base/model.pt \
 #   SAVE_DIR=runs/pretrain bash run_scripts/pretrain/train.sh
@@ -54,17 +55,37 @@ config_streams() {
   [ -z "$include" ] || config_streams "$(dirname "$1")/$include"
 }
 
-# Before the first stage trains: every stage's configuration and training files (a later stage's missing file
-# would otherwise stop the run after the earlier stages have trained). A dry run only warns.
+# option_value FLAG ARGS...: the value of FLAG in ARGS (--flag V or --flag=V; the last one given), or nothing
+option_value() {
+  local flag="$1" value="" previous=""
+  shift
+  for argument in "$@"; do
+    [ "$previous" != "$flag" ] || value="$argument"
+    case "$argument" in "$flag="*) value="${argument#"$flag="}" ;; esac
+    previous="$argument"
+  done
+  echo "$value"
+}
+
+# Before the first stage trains: every stage's configuration, training and validation files (a later stage's
+# missing file would otherwise stop the run after the earlier stages have trained). A dry run only warns.
+splits="train"
+case " $* " in
+  *" --disable-validation "*) ;;
+  *) splits="train $(option_value --valid-subset "$@" | tr ',' ' ')"
+     [ "$splits" != "train " ] || splits="train valid" ;;
+esac
 for stage in $stages; do
   [ -f "$UNIVAL_CONFIGS/pretrain/$stage.yaml" ] || fail "STAGES: no stage $stage (configs/pretrain/$stage.yaml)"
   case " $* " in *" --streams "*) continue ;; esac  # the caller chose the streams
   for stream in $(config_streams "$UNIVAL_CONFIGS/pretrain/$stage.yaml" | tr ',' ' '); do
-    if [ ! -f "$DATA/${stream}_train.tsv" ]; then
-      message="stage $stage trains on the $stream stream: $DATA/${stream}_train.tsv not found (unival prepare pretrain --stream $stream --split train --out DATA)"
+    for split in $splits; do
+      [ ! -f "$DATA/${stream}_$split.tsv" ] || continue
+      message="stage $stage trains on the $stream stream: $DATA/${stream}_$split.tsv not found (unival prepare pretrain --stream $stream --split $split --out DATA)"
+      [ "$split" = train ] || message="$message; without validation data pass --disable-validation"
       [ "${DRY_RUN:-0}" != "0" ] || fail "$message"
       echo "[pretrain] warning: $message" >&2
-    fi
+    done
   done
 done
 

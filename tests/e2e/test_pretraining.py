@@ -109,6 +109,27 @@ def test_a_later_stage_continues_from_the_stage_before_it_and_missing_files_are_
     assert f"AUDIO_ENCODER_PATH={tmp_path / 'cnn14.pth'}: no such file" in output
 
 
+def test_missing_validation_files_are_found_before_the_first_stage(streams, tmp_path):
+    """A later stage's missing <stream>_valid.tsv stopped the run after the earlier stages had trained."""
+    data, _ = streams
+    copy = tmp_path / "streams"
+    copy.mkdir()
+    for path in data.glob("*.tsv"):
+        if path.name != "video_valid.tsv":
+            (copy / path.name).write_bytes(path.read_bytes())
+    env = {"DATA": str(copy), "SAVE_DIR": str(tmp_path / "run"), "DICT_FILE": str(DICT_FILE),
+           "STAGES": "stage1_image stage2_video"}
+    missing = (f"stage stage2_video trains on the video stream: {copy}/video_valid.tsv not found (unival prepare "
+               f"pretrain --stream video --split valid --out DATA); without validation data pass --disable-validation")
+    output = run_script(env, succeeds=False)
+    assert missing in output and "fairseq-train" not in output and not (tmp_path / "run").exists()
+    assert f"warning: {missing}" in run_script({**env, "DRY_RUN": "1"})
+    assert "not found" not in run_script({**env, "DRY_RUN": "1"}, "--disable-validation")
+    # another validation split is looked for under its own name
+    output = run_script({**env, "DRY_RUN": "1"}, "--valid-subset", "test")
+    assert f"{copy}/image_test.tsv not found" in output and "video_valid.tsv" not in output
+
+
 def test_stage_one_learns_and_stage_two_adds_video_from_it(streams, tmp_path):
     data, corpus = streams
     env = {"DATA": str(data), "SAVE_DIR": str(tmp_path / "run"), "DICT_FILE": str(DICT_FILE), "MEDIA_DIR": str(corpus)}
