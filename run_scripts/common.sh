@@ -75,6 +75,62 @@ config_update_freq() {
   echo "${value:-1}"
 }
 
+# config_value KEY FILE: the value of a top-level `KEY: value` of a config, else of the config it includes (read
+# without Python; comments after the value dropped); nothing when neither sets it.
+config_value() {
+  local key="$1" file="$2" line include
+  line="$(sed -n "s/^$key:[[:space:]]*\([^#]*[^#[:space:]]\)[[:space:]]*\(#.*\)\{0,1\}\$/\1/p" "$file" | tail -n 1)"
+  if [ -n "$line" ]; then
+    echo "$line"
+    return
+  fi
+  include="$(sed -n 's/^includes: *\[\([^],]*\)\].*/\1/p' "$file")"
+  [ -z "$include" ] || config_value "$key" "$(dirname "$file")/$include"
+}
+
+# option_value FLAG ARGS...: the value of FLAG in ARGS (--flag V or --flag=V; the last one given), or nothing.
+option_value() {
+  local flag="$1" value="" previous="" argument
+  shift
+  for argument in "$@"; do
+    [ "$previous" != "$flag" ] || value="$argument"
+    case "$argument" in "$flag="*) value="${argument#"$flag="}" ;; esac
+    previous="$argument"
+  done
+  echo "$value"
+}
+
+# validated_splits ARGS...: the splits a run reads besides train: --valid-subset's (default valid), none with
+# --disable-validation.
+validated_splits() {
+  case " $* " in *" --disable-validation "*) return ;; esac
+  local subsets
+  subsets="$(option_value --valid-subset "$@")"
+  echo "${subsets:-valid}" | tr ',' ' '
+}
+
+# check_task_files CONFIG ARGS...: DATA holds the training and validation TSV files of configs/CONFIG.yaml (its
+# tsv_prefix, or ARGS' --tsv-prefix), checked before a long start-up; a dry run only warns.
+check_task_files() {
+  local config="$1" prefix split path message others other
+  shift
+  prefix="$(option_value --tsv-prefix "$@")"
+  [ -n "$prefix" ] || prefix="$(config_value tsv_prefix "$UNIVAL_CONFIGS/$config.yaml")"
+  for split in train $(validated_splits "$@"); do
+    path="$DATA/${prefix:+${prefix}_}$split.tsv"
+    [ ! -f "$path" ] || continue
+    message="$path not found (configs/$config.yaml reads ${prefix:+${prefix}_}$split.tsv from DATA)"
+    others=""
+    for other in "$DATA"/*_"$split".tsv; do
+      [ ! -f "$other" ] || others="$others, ${other##*/}"
+    done
+    [ -z "$others" ] || message="$message; DATA has ${others#, }: unival prepare names files by --prefix, or pass --tsv-prefix"
+    [ "$split" = train ] || message="$message; without validation data pass --disable-validation"
+    [ "${DRY_RUN:-0}" != "0" ] || fail "$message"
+    echo "warning: $message" >&2
+  done
+}
+
 # check_precision GPUS: stops unless PRECISION is unset, fp32, bf16, or fp16 with GPUs.
 check_precision() {
   case "${PRECISION:-}" in
@@ -166,6 +222,7 @@ finetune() {
   shift
   require_dir DATA
   require_file INIT_CHECKPOINT DICT_FILE
+  check_task_files "$config" "$@"
   hardware_args "$config"
   media_args
   local unival

@@ -43,42 +43,13 @@ fi
 [ -z "${VIDEO_ENCODER_PATH:-}" ] || require_file VIDEO_ENCODER_PATH
 [ -z "${AUDIO_ENCODER_PATH:-}" ] || require_file AUDIO_ENCODER_PATH
 
-# config_streams FILE: the streams a stage's config trains on (`streams:`, else that of the config it includes)
-config_streams() {
-  local line include
-  line="$(sed -n 's/^streams: *//p' "$1")"
-  if [ -n "$line" ]; then
-    echo "$line"
-    return
-  fi
-  include="$(sed -n 's/^includes: *\[\([^],]*\)\].*/\1/p' "$1")"
-  [ -z "$include" ] || config_streams "$(dirname "$1")/$include"
-}
-
-# option_value FLAG ARGS...: the value of FLAG in ARGS (--flag V or --flag=V; the last one given), or nothing
-option_value() {
-  local flag="$1" value="" previous=""
-  shift
-  for argument in "$@"; do
-    [ "$previous" != "$flag" ] || value="$argument"
-    case "$argument" in "$flag="*) value="${argument#"$flag="}" ;; esac
-    previous="$argument"
-  done
-  echo "$value"
-}
-
 # Before the first stage trains: every stage's configuration, training and validation files (a later stage's
 # missing file would otherwise stop the run after the earlier stages have trained). A dry run only warns.
-splits="train"
-case " $* " in
-  *" --disable-validation "*) ;;
-  *) splits="train $(option_value --valid-subset "$@" | tr ',' ' ')"
-     [ "$splits" != "train " ] || splits="train valid" ;;
-esac
+splits="train $(validated_splits "$@")"
 for stage in $stages; do
   [ -f "$UNIVAL_CONFIGS/pretrain/$stage.yaml" ] || fail "STAGES: no stage $stage (configs/pretrain/$stage.yaml)"
   case " $* " in *" --streams "*) continue ;; esac  # the caller chose the streams
-  for stream in $(config_streams "$UNIVAL_CONFIGS/pretrain/$stage.yaml" | tr ',' ' '); do
+  for stream in $(config_value streams "$UNIVAL_CONFIGS/pretrain/$stage.yaml" | tr ',' ' '); do
     for split in $splits; do
       [ ! -f "$DATA/${stream}_$split.tsv" ] || continue
       message="stage $stage trains on the $stream stream: $DATA/${stream}_$split.tsv not found (unival prepare pretrain --stream $stream --split $split --out DATA)"

@@ -39,6 +39,10 @@ def paths(tmp_path):
     """Existing paths for every variable the scripts require, and a stub unival that records its arguments."""
     (tmp_path / "data").mkdir()
     (tmp_path / "save").mkdir()
+    for config in set(TRAIN_SCRIPTS.values()):  # the training and validation files each script checks for
+        prefix = load_config(CONFIG_ROOT / f"{config}.yaml")["tsv_prefix"]
+        for split in ("train", "valid"):
+            (tmp_path / "data" / f"{prefix}_{split}.tsv").write_text("")
     for name in ("init.pt", "dict.txt", "save/checkpoint_best.pt"):
         (tmp_path / name).write_text("")
     stub = tmp_path / "unival"
@@ -332,3 +336,33 @@ def test_models_are_selected_on_the_valid_split(config):
     assert values["best_checkpoint_metric"] in {"cider", "vqa_score", "acc50", "ve_accuracy"}
     assert values["maximize_best_checkpoint_metric"] is True
     assert values["total_num_update"] > values["warmup_updates"] > 0
+
+
+def test_finetuning_scripts_look_for_the_task_files_before_starting(tmp_path):
+    """RefCOCO+ prepared without --prefix refcoco_plus: the files were found missing by fairseq-train after its
+    start-up, in a traceback; now before, naming what DATA holds."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "valid"):
+        (data / f"refcoco_{split}.tsv").write_text("")
+    for name in ("init.pt", "dict.txt"):
+        (tmp_path / name).write_text("")
+    stub = tmp_path / "unival"
+    stub.write_text("#!/usr/bin/env bash\necho ran\n")
+    stub.chmod(0o755)
+    env = {"DATA": str(data), "SAVE_DIR": str(tmp_path / "save"), "INIT_CHECKPOINT": str(tmp_path / "init.pt"),
+           "DICT_FILE": str(tmp_path / "dict.txt"), "UNIVAL_CMD": str(stub)}
+    result = run("refcoco_plus/train.sh", env)
+    assert result.returncode == 2 and "ran" not in result.stdout
+    assert result.stderr.strip() == (f"error: {data}/refcoco_plus_train.tsv not found (configs/refcoco_plus/"
+                                     f"finetune.yaml reads refcoco_plus_train.tsv from DATA); DATA has "
+                                     f"refcoco_train.tsv: unival prepare names files by --prefix, or pass "
+                                     f"--tsv-prefix")
+    dry = run("refcoco_plus/train.sh", {**env, "DRY_RUN": "1"})
+    assert dry.returncode == 0 and "warning: " in dry.stderr and "ran" in dry.stdout
+    assert run("refcoco_plus/train.sh", env, "--tsv-prefix", "refcoco").stdout.strip() == "ran"
+    (data / "refcoco_valid.tsv").unlink()
+    missing_valid = run("refcoco/train.sh", env)
+    assert "refcoco_valid.tsv not found" in missing_valid.stderr and "pass --disable-validation" in \
+        missing_valid.stderr
+    assert run("refcoco/train.sh", env, "--disable-validation").stdout.strip() == "ran"
