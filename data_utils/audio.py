@@ -1,7 +1,6 @@
 """Loading the audio clip a TSV field names: decode, mix to mono, resample and cut to a fixed length,
 with errors that name the row and the file."""
 import os
-import warnings
 from typing import Optional, Tuple
 
 import librosa
@@ -9,11 +8,18 @@ import numpy as np
 import soundfile
 
 from unival.data_utils.media import MediaError, located, resolve_media_path
+from unival.data_utils.video import first_line, pyav_module
 
 # librosa's default: soxr's high-quality resampler (about -100 dB aliasing, flat passband to ~0.91 Nyquist),
 # many times faster than the "best" settings and far better than the audio codecs' own errors.
 RESAMPLE_QUALITY = "soxr_hq"
 UNSET_WAV_SIZES = (0, 0xFFFFFFFF)  # data sizes streaming writers leave in the header
+# Shorter than this a clip holds less than one analysis window of the log-mel front end (1024 samples: 21 ms at
+# the paper's 48 kHz) and repeat-padding it to the clip length makes a buzz at its repetition rate, not its sound.
+MIN_AUDIO_SECONDS = 0.025
+# One step of 16-bit audio: a clip whose every sample is closer to 0 holds no sound (it would be digital silence in
+# 16 bits), and this is what rounding leaves of channels that cancel (L = -R written to PCM is off by one step).
+SILENCE_PEAK = 2.0 ** -15
 
 
 def load_audio(field: str, data_dir: Optional[str], sample_rate: int, clip_seconds: float, train: bool,
@@ -25,15 +31,20 @@ def load_audio(field: str, data_dir: Optional[str], sample_rate: int, clip_secon
     ``clip_seconds``: a longer file is cropped (training: at a random offset drawn from ``rng``; evaluation: from
     the start, so evaluation is deterministic), a shorter one is repeated whole as often as it fits and the rest
     filled with zeros (the original's "repeatpad"). Missing, empty, truncated and undecodable files raise
-    :class:`MediaError` starting with ``source`` (``"train.tsv:12"``) and naming the file. So does a file whose
-    samples are all exactly 0 (a broken export or decode far more often than a real recording), unless
-    ``allow_silent``.
+    :class:`MediaError` starting with ``source`` (``"train.tsv:12"``) and naming the file. Unless
+    ``allow_silent``, so does a file whose mono mix at ``sample_rate`` (what the model would get, before the cut)
+    is silent, every sample within ``SILENCE_PEAK`` (one 16-bit step) of 0 (a broken export or decode far more
+    often than a real recording; also channels that cancel), or shorter than ``MIN_AUDIO_SECONDS`` (25 ms: less
+    than one analysis window of the log-mel front end) and than the clip.
     """
     length = clip_samples(sample_rate, clip_seconds)
     path = existing_audio_path(field, data_dir, source)
     samples, file_rate = decode_audio(path, source)
-    check_samples(samples, path, source, allow_silent)
+    check_samples(samples, path, source)
     mono = resample(samples.mean(axis=1), file_rate, sample_rate)
+    if not allow_silent:
+        check_signal(mono, samples, sample_rate, min(length, clip_samples(sample_rate, MIN_AUDIO_SECONDS)), path,
+                     source)
     return crop_or_repeat_pad(mono, length, train, rng)
 
 
@@ -55,7 +66,8 @@ def existing_audio_path(field: str, data_dir: Optional[str], source: Optional[st
 
 
 def decode_audio(path: str, source: Optional[str]) -> Tuple[np.ndarray, int]:
-    """(frames, channels) float32 samples and the sample rate: soundfile, or librosa for what it cannot read."""
+    """(frames, channels) float32 samples and the file's sample rate: soundfile (libsndfile: WAV, FLAC, OGG,
+    MP3...), else PyAV (FFmpeg: AAC/m4a and the rest)."""
     if os.path.getsize(path) == 0:
         raise MediaError(located(source, f"empty audio file (0 bytes): {path}"))
     missing = missing_wav_bytes(path)
@@ -64,19 +76,33 @@ def decode_audio(path: str, source: Optional[str]) -> Tuple[np.ndarray, int]:
                                          "the audio data its header declares"))
     try:
         samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        return samples, int(rate)
     except (RuntimeError, ValueError) as err:
-        samples, rate = decode_with_librosa(path, source, err)
-    return samples, int(rate)
-
-
-def decode_with_librosa(path: str, source: Optional[str], soundfile_error: Exception) -> Tuple[np.ndarray, int]:
+        soundfile_reason = first_line(err)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # librosa warns that soundfile failed, which we know
-            samples, rate = librosa.load(path, sr=None, mono=False, dtype=np.float32)
-    except Exception as err:  # audioread backends raise assorted errors (EOFError, NoBackendError...)
-        raise MediaError(located(source, f"not a readable audio file: {path} ({soundfile_error})")) from err
-    return np.atleast_2d(samples).T, rate
+        return decode_with_pyav(path)
+    except (pyav_module().FFmpegError, ValueError) as err:  # FFmpegError is a ValueError; ours say what is missing
+        pyav_reason = getattr(err, "strerror", None) or first_line(err)
+    raise MediaError(located(source, f"not a readable audio file: {path} (soundfile: {soundfile_reason}; "
+                                     f"PyAV: {pyav_reason})"))
+
+
+def decode_with_pyav(path: str) -> Tuple[np.ndarray, int]:
+    """The first audio stream's (frames, channels) float32 samples at its own rate."""
+    av = pyav_module()
+    with av.open(path) as container:
+        if not container.streams.audio:
+            raise ValueError("no audio stream")
+        stream = container.streams.audio[0]
+        # Converts any sample format (int16, planar float...) to planar float32, keeping the rate and channels.
+        to_float = av.AudioResampler(format="fltp")
+        blocks = [converted.to_ndarray() for frame in container.decode(stream)
+                  for converted in to_float.resample(frame)]
+        blocks += [converted.to_ndarray() for converted in to_float.resample(None)]  # what it still holds
+        rate = stream.rate
+    if not blocks:
+        raise ValueError("the audio stream decodes to no samples")
+    return np.ascontiguousarray(np.concatenate(blocks, axis=1).T, dtype=np.float32), int(rate)
 
 
 def missing_wav_bytes(path: str) -> int:
@@ -98,13 +124,33 @@ def missing_wav_bytes(path: str) -> int:
     return 0
 
 
-def check_samples(samples: np.ndarray, path: str, source: Optional[str], allow_silent: bool) -> None:
+def check_samples(samples: np.ndarray, path: str, source: Optional[str]) -> None:
     if samples.shape[0] == 0:
         raise MediaError(located(source, f"audio file has no samples (0 frames): {path}"))
     if not np.isfinite(samples).all():
         raise MediaError(located(source, f"audio file has NaN or infinite samples: {path}"))
-    if not allow_silent and not samples.any():
-        raise MediaError(located(source, f"silent audio file (every sample is 0): {path}"))
+
+
+def check_signal(mono: np.ndarray, samples: np.ndarray, sample_rate: int, min_samples: int, path: str,
+                 source: Optional[str]) -> None:
+    """Refuses the mono clip (at ``sample_rate``) of the decoded ``samples`` if it is too short to hold a sound or
+    silent."""
+    if len(mono) < min_samples:
+        raise MediaError(located(source, f"audio file too short: {path} holds {len(mono)} samples at {sample_rate} "
+                                         f"Hz ({1000 * len(mono) / sample_rate:.1f} ms), fewer than the "
+                                         f"{min_samples} ({1000 * min_samples / sample_rate:.1f} ms) a clip needs"))
+    peak = np.abs(mono).max()
+    if peak < SILENCE_PEAK:
+        if not samples.any():
+            reason = "every sample is 0"
+        else:
+            reason = f"every sample is within one 16-bit step of 0, peak {peak:.1e}"
+            if np.abs(samples).max() >= SILENCE_PEAK:  # the file holds a sound the mix or the resampling removes
+                if np.abs(samples.mean(axis=1)).max() < SILENCE_PEAK:
+                    reason += f", once its {samples.shape[1]} channels, which cancel, are mixed to mono"
+                else:
+                    reason += f", once resampled to {sample_rate} Hz"
+        raise MediaError(located(source, f"silent audio file ({reason}): {path}"))
 
 
 def resample(samples: np.ndarray, file_rate: int, sample_rate: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -12,6 +13,7 @@ from safetensors.torch import load_model, save_model
 
 from unival.checkpoint import (CheckpointError, build_from_checkpoint, placeholder_dictionary, read_checkpoint,
                                stored_task_options, stored_vocabulary)
+from unival.data_utils.files import atomic_write, creation_mode, written_beside
 from unival.data_utils.vocab import load_dictionary, save_dictionary, vocabulary_difference
 from unival.models.unival import UnivalConfig, UnivalModel
 
@@ -41,12 +43,19 @@ def export_safetensors(model: UnivalModel, out_dir: Union[str, Path],
     if task_options:
         config["task"] = {key: plain for key, plain in ((key, json_value(value)) for key, value in task_options.items())
                           if plain is not UNSTORED}
-    # Written under temporary names, then renamed: an interrupted export leaves no half-written model.
-    save_model(model, str(out / (WEIGHTS_FILE + ".tmp")))
-    (out / (CONFIG_FILE + ".tmp")).write_text(json.dumps(config, indent=2, sort_keys=True))
-    (out / (WEIGHTS_FILE + ".tmp")).replace(out / WEIGHTS_FILE)
-    (out / (CONFIG_FILE + ".tmp")).replace(out / CONFIG_FILE)
+    # Each file is written under a temporary name, then renamed: an interrupted export leaves no half-written file.
+    save_weights(model, out / WEIGHTS_FILE)
+    with atomic_write(out / CONFIG_FILE) as file:
+        file.write(json.dumps(config, indent=2, sort_keys=True))
     return out
+
+
+def save_weights(model: UnivalModel, path: Path) -> None:
+    """``save_model`` into ``path`` atomically, with the permissions of any file the process creates."""
+    with written_beside(path, "wb") as (_, temporary):
+        save_model(model, temporary)  # replaces the temporary file with one of its own that only its owner can read
+        os.chmod(temporary, creation_mode())
+    os.replace(temporary, path)
 
 
 UNSTORED = object()
@@ -115,6 +124,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     try:
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise NotADirectoryError(f"--out {args.out} is a file: give a folder to write {WEIGHTS_FILE}, "
+                                     f"{CONFIG_FILE} and {DICTIONARY_FILE} into")
         state = read_checkpoint(args.checkpoint, allow_unsafe=args.allow_unsafe_checkpoint)
         model, _ = build_from_checkpoint(state, ema=args.ema, source=args.checkpoint)
         vocabulary = stored_vocabulary(state, args.checkpoint)

@@ -1,9 +1,11 @@
-"""Tests of loading audio clips from TSV fields: resampling, mixing, cropping and padding, and the errors."""
+"""Tests of loading audio clips from TSV fields: decoding (soundfile, PyAV for AAC), resampling, mixing, cropping and
+padding, and the errors."""
+import av
 import numpy as np
 import pytest
 import soundfile
 
-from unival.data_utils.audio import crop_or_repeat_pad, load_audio
+from unival.data_utils.audio import crop_or_repeat_pad, decode_audio, load_audio
 from unival.data_utils.media import MediaError
 
 SOURCE = "train.tsv:7"
@@ -121,16 +123,85 @@ def test_truncated_flac(tmp_path):
     assert_error(tmp_path, "cut.flac", "not a readable audio file")
 
 
-def test_garbage_bytes(tmp_path):
+def test_garbage_bytes_give_each_decoders_reason(tmp_path):
     (tmp_path / "noise.wav").write_bytes(np.random.default_rng(0).bytes(4000))
-    assert_error(tmp_path, "noise.wav", "not a readable audio file")
+    message = assert_error(tmp_path, "noise.wav", "not a readable audio file")
+    assert "(soundfile: Error opening" in message
+    assert message.endswith("; PyAV: Invalid data found when processing input)")
+
+
+def write_aac(path, channels, rate):
+    """An .m4a file of AAC-encoded ``channels`` ((channels, samples) float32), encoded by PyAV."""
+    layout = {1: "mono", 2: "stereo"}[len(channels)]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("aac", rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels), format="fltp", layout=layout)
+        frame.sample_rate, frame.pts = rate, 0
+        for packet in list(stream.encode(frame)) + list(stream.encode(None)):
+            container.mux(packet)
+    return path
+
+
+def test_aac_in_m4a_is_decoded_with_its_rate_and_channels(tmp_path):
+    left, right = sine(440, 1.0, 22050), sine(1000, 1.0, 22050, 0.3)
+    samples, rate = decode_audio(str(write_aac(tmp_path / "tone.m4a", np.stack([left, right]), 22050)), SOURCE)
+    assert rate == 22050 and samples.dtype == np.float32
+    assert samples.shape[1] == 2 and 22050 <= samples.shape[0] <= 22050 + 2 * 1024  # AAC frames hold 1024 samples
+    middle = samples[4096:4096 + 8192]
+    assert [peak_frequency(middle[:, channel], 22050) for channel in (0, 1)] == pytest.approx([440, 1000], abs=3)
+    assert np.abs(middle).max(axis=0) == pytest.approx([0.5, 0.3], abs=0.05)
+
+
+def test_m4a_loads_at_the_models_rate(tmp_path):
+    write_aac(tmp_path / "tone.m4a", sine(440, 1.0, 16000)[None], 16000)
+    clip = load_audio("tone.m4a", str(tmp_path), 48000, 1.0, train=False, source=SOURCE)
+    assert clip.shape == (48000,) and np.abs(clip).max() > 0.4
+    assert abs(peak_frequency(clip, 48000) - 440) <= 1.0
 
 
 def test_silent_file_raises_unless_allowed(tmp_path):
     write(tmp_path / "silence.wav", np.zeros((8000, 2), np.float32), 16000)
-    assert_error(tmp_path, "silence.wav", "silent", "every sample is 0")
+    message = assert_error(tmp_path, "silence.wav", "silent", "every sample is 0")
+    assert "channels" not in message
     clip = load_audio("silence.wav", str(tmp_path), 16000, 1.0, train=False, allow_silent=True)
     assert clip.shape == (16000,) and not clip.any()
+
+
+def test_stereo_whose_channels_cancel_is_silent(tmp_path):
+    tone = sine(440, 0.5, 16000)
+    write(tmp_path / "cancel.wav", np.stack([tone, -tone], axis=1), 16000, subtype="PCM_16")
+    assert_error(tmp_path, "cancel.wav", "silent audio file (every sample is within one 16-bit step of 0, peak ",
+                 ", once its 2 channels, which cancel, are mixed to mono): ")
+    clip = load_audio("cancel.wav", str(tmp_path), 16000, 1.0, train=False, allow_silent=True)
+    assert np.abs(clip).max() < 2 ** -15
+
+
+def test_faint_mono_file_is_silent_but_one_step_is_not(tmp_path):
+    write(tmp_path / "faint.wav", sine(440, 0.5, 16000, 2 ** -17), 16000, subtype="FLOAT")
+    assert_error(tmp_path, "faint.wav", "(every sample is within one 16-bit step of 0, peak 7.6e-06): ")
+    write(tmp_path / "step.wav", sine(440, 0.5, 16000, 2 ** -14), 16000, subtype="FLOAT")
+    assert load_audio("step.wav", str(tmp_path), 16000, 0.5, train=False).any()
+
+
+def test_sound_above_the_models_band_is_silent_once_resampled(tmp_path):
+    faded = sine(20000, 0.5, 48000) * np.hanning(24000)  # no onset click, which holds lower frequencies
+    write(tmp_path / "ultrasound.wav", faded, 48000, subtype="FLOAT")
+    assert_error(tmp_path, "ultrasound.wav", ", once resampled to 16000 Hz): ")
+
+
+def test_file_shorter_than_an_analysis_window_raises_unless_allowed(tmp_path):
+    write(tmp_path / "blip.wav", np.full(1, 0.5, np.float32), 48000, subtype="FLOAT")
+    message = assert_error(tmp_path, "blip.wav", "too short")
+    assert message.endswith("holds 1 samples at 16000 Hz (0.1 ms), fewer than the 400 (25.0 ms) a clip needs")
+    clip = load_audio("blip.wav", str(tmp_path), 16000, 1.0, train=False, allow_silent=True)
+    assert clip.shape == (16000,)
+
+
+def test_minimum_length_is_at_most_the_clip(tmp_path):
+    write(tmp_path / "short.wav", sine(440, 0.01, 16000), 16000, subtype="FLOAT")  # 160 samples
+    assert load_audio("short.wav", str(tmp_path), 16000, 0.01, train=False).shape == (160,)
+    with pytest.raises(MediaError, match="too short"):
+        load_audio("short.wav", str(tmp_path), 16000, 0.02, train=False)
 
 
 def test_bad_clip_options():

@@ -1,14 +1,18 @@
 """Checkpoint loading: option mapping, EMA and fp16 weights, safe unpickling, strict errors, convert."""
 import argparse
 import copy
+import os
 
 import pytest
 import torch
 
 import unival
-from unival.checkpoint import CheckpointError, build_from_checkpoint, config_from_original, read_checkpoint
+from unival.checkpoint import (CheckpointError, build_from_checkpoint, config_from_original, placeholder_dictionary,
+                               read_checkpoint)
 from unival.cli import main as cli_main
 from unival.convert import load_safetensors
+
+from test_merge import write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +137,28 @@ def test_convert_errors_are_one_line(tmp_path, capsys):
     assert cli_main(["convert", str(tmp_path / "args.json"), "--out", str(tmp_path / "converted")]) == 2
     assert "args.json is not a PyTorch checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "converted").exists()
+
+
+def test_convert_to_a_file_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    assert cli_main(["convert", str(tmp_path / "none.pt"), "--out", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err == (f"unival convert: error: --out {tmp_path / 'afile'} is a file: give a folder "
+                                       f"to write model.safetensors, config.json and dict.txt into\n")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_converted_files_get_the_umasks_permissions(tmp_path):
+    path = write_checkpoint(tmp_path / "a.pt", seed=1)
+    state = torch.load(path, weights_only=False)
+    state["task_state"] = {"vocabulary": placeholder_dictionary(60).symbols}
+    torch.save(state, path)
+    umask = os.umask(0o022)
+    try:
+        assert cli_main(["convert", str(path), "--out", str(tmp_path / "converted")]) == 0
+    finally:
+        os.umask(umask)
+    modes = {file.name: file.stat().st_mode & 0o777 for file in (tmp_path / "converted").iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644, "dict.txt": 0o644}
 
 
 def multimodal_checkpoint(folder):
