@@ -12,7 +12,9 @@ from unival.data_utils.prepare.common import MediaOptions, Written, staged_outpu
 DESCRIPTION = """Converts the public annotation files of a benchmark into the TSV files of its task (tab-separated,
 no header, one sample a line), written atomically into --out. Media columns hold paths relative to the media
 folder (--media-dir, which the task's --media-dir must name too), or base64 with --embed-images. Every input
-path is an option; run `unival prepare DATASET --help` for the files each dataset needs."""
+path is an option; run `unival prepare DATASET --help` for the files each dataset needs. An input without any
+record is an error; an output left with no rows (every row's media missing, every question dropped...) is still
+written, so that no older file of that name stays, and a warning says why it is empty."""
 
 
 @dataclass(frozen=True)
@@ -176,12 +178,23 @@ def pretrain_arguments(parser):
     parser.add_argument("--split", default="train", help="split name of the file (default: %(default)s)")
     inputs = parser.add_argument_group(
         "inputs", "per-task TSV files, one or more after each option; a stream may mix kinds. Rows are written "
-                  "in the order of the command line, their ids prefixed by their file's stem (the dataset name). "
-                  "--embed-images embeds the images only: video and audio rows keep their paths.")
+                  "in the order of the command line, their ids prefixed by their file's stem (the dataset name, "
+                  "so two inputs need different file names). --embed-images embeds the images only: video and "
+                  "audio rows keep their paths.")
     for kind, spec in INPUT_KINDS.items():
         inputs.add_argument(f"--{kind}", dest="inputs", action="extend", nargs="+", metavar="TSV",
                             type=partial(tagged_input, kind),
                             help=f"rows {', '.join(spec.columns)} -> type {spec.type}")
+    inputs.add_argument(f"--{MEDIA_PREFIX}", dest="inputs", action="append", metavar="FOLDER",
+                        type=partial(tagged_input, MEDIA_PREFIX),
+                        help="folder put before the media paths of the inputs named after it on the command line "
+                             "(until the next --media-prefix; '' for none), so that the media of datasets "
+                             "prepared with different --media-dir all resolve under one media folder: with "
+                             "--media-prefix coco, images/1.jpg becomes coco/images/1.jpg (base64 images stay as "
+                             "they are). --media-dir, to check or embed, then names the folder holding coco/")
+
+
+MEDIA_PREFIX = "media-prefix"
 
 
 def tagged_input(kind: str, path: str) -> Tuple[str, str]:
@@ -189,9 +202,27 @@ def tagged_input(kind: str, path: str) -> Tuple[str, str]:
     return kind, path
 
 
+def prefixed_inputs(tagged: List[Tuple[str, str]]) -> List[Tuple[str, str, str]]:
+    """(kind, path, media prefix) of each input: the --media-prefix given last before it."""
+    inputs, prefix, since = [], "", None
+    for kind, value in tagged:
+        if kind == MEDIA_PREFIX:
+            if since is not None:
+                raise ValueError(f"--media-prefix {since!r} is followed by another --media-prefix before any "
+                                 "input: it would apply to none")
+            prefix, since = value, value
+        else:
+            inputs.append((kind, value, prefix))
+            since = None
+    if since is not None:
+        raise ValueError(f"--media-prefix {since!r} comes after the last input: it applies to the inputs named "
+                         "after it")
+    return inputs
+
+
 def pretrain_convert(args, media):
     from unival.data_utils.prepare.pretrain import prepare_pretraining
-    return prepare_pretraining(args.out, args.stream, args.split, args.inputs or [], media)
+    return prepare_pretraining(args.out, args.stream, args.split, prefixed_inputs(args.inputs or []), media)
 
 
 DATASETS = {
@@ -229,9 +260,10 @@ def add_common_arguments(parser, images: bool) -> None:
     media.add_argument("--media-dir", help="folder the media paths of the rows are relative to (needed to check "
                                            "or embed media)")
     media.add_argument("--check-media", action="store_true",
-                       help="check that every media file exists under --media-dir (an error lists the first missing)")
+                       help="check that every media file exists under --media-dir and is not empty (an error lists "
+                            "the first missing or empty)")
     media.add_argument("--skip-missing-media", action="store_true",
-                       help="check the media and leave out (and count) rows whose file is missing")
+                       help="check the media and leave out (and count) rows whose file is missing or empty")
     if images:
         media.add_argument("--embed-images", action="store_true",
                            help="store each image as base64 of its file (the OFA format) instead of its path")
@@ -263,4 +295,6 @@ def run(args) -> int:
         return 2
     for item in written:
         print(item.summary())
+        if item.warning():
+            print(f"unival prepare {args.dataset}: {item.warning()}", file=sys.stderr)
     return 0

@@ -4,7 +4,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from unival.data_utils.prepare.common import (MediaOptions, PrepareError, Written, csv_records, join_references,
-                                              media_path, nonempty_text, numbered, require_files, write_split)
+                                              media_path, nonempty_text, numbered, require_files, require_records,
+                                              write_split)
 
 PREFIX = "audio_caption"
 AUDIO_COLUMN = 4
@@ -59,7 +60,7 @@ def audiocaps_items(path, option: str, split_name: str, pattern: str) -> List[Tu
         caption = nonempty_text(record["caption"], where, "caption")
         audio_id = f"{fields['youtube_id']}_{fields['start_time']}"
         items.append((audio_id, caption, pattern.format(split=split_name, **fields), where))
-    return items
+    return require_records(items, path, "captions")
 
 
 def prepare_audiocaps(out: Union[str, Path], train=None, val=None, test=None,
@@ -94,7 +95,7 @@ def clotho_items(path, option: str, folder: str) -> List[Tuple[str, str, str, st
         for column in CLOTHO_COLUMNS[1:]:
             caption = nonempty_text(record[column], where, column)
             items.append((file_name, caption, media_path(folder, file_name), where))
-    return items
+    return require_records(items, path, "captions")
 
 
 def prepare_clotho(out: Union[str, Path], development=None, validation=None, evaluation=None,

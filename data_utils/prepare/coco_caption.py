@@ -4,8 +4,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 from unival.data_utils.prepare.common import (MediaOptions, PrepareError, Written, join_references, load_json,
-                                              media_path, nonempty_text, numbered, record_list, value_of,
-                                              write_split)
+                                              media_path, nonempty_text, numbered, record_list,
+                                              require_records, value_of, write_split)
 
 PREFIX = "caption"
 # Karpathy's "restval" is the part of COCO val2014 that his split gives to training.
@@ -62,6 +62,7 @@ def prepare_coco_caption(karpathy_json: Union[str, Path], out: Union[str, Path],
     media = media or MediaOptions()
     media.validate()
     images = record_list(load_json(karpathy_json, "--karpathy-json"), "images", karpathy_json)
+    require_records(images, karpathy_json, "images")
     rows = caption_rows(images, karpathy_json, include_restval)
     return [write_split(Path(out) / f"{PREFIX}_{split}.tsv", numbered(rows[split]), IMAGE_COLUMN, media)
             for split in OUTPUT_SPLITS if split in rows]

@@ -17,6 +17,7 @@ from unival.data_utils.files import written_beside
 REFERENCE_SEPARATOR = "&&"
 FIELD_BREAKS = str.maketrans({"\t": " ", "\r": " ", "\n": " "})
 MISSING_SHOWN = 5  # missing media files listed in an error; the rest are counted
+NOT_FOUND, EMPTY = "not found", "empty"  # why a media file cannot be used (MediaFilter.missing)
 
 
 class PrepareError(ValueError):
@@ -39,6 +40,14 @@ class Written:
     def summary(self) -> str:
         notes = f" ({'; '.join(self.notes)})" if self.notes else ""
         return f"wrote {self.path}: {counted(self.rows, self.unit[:-1])}{notes}"
+
+    def warning(self) -> Optional[str]:
+        """A line for an empty output: it is still written (an older file of that name would otherwise stay
+        and be read as this run's), but nothing can train or be evaluated on it."""
+        if self.rows:
+            return None
+        why = "; ".join(self.notes) if self.notes else "no input record made one"
+        return f"warning: {self.path} holds no {self.unit}: {why}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,7 +123,7 @@ def csv_records(path: Union[str, Path], option: str, columns: Sequence[str]) -> 
                 start = reader.line_num + 1
                 continue
             if len(values) != len(header):
-                raise PrepareError(f"{path}:{start}: expected {len(header)} fields ({', '.join(header)}), "
+                raise PrepareError(f"{path}:{start}: expected {counted(len(header), 'field')} ({', '.join(header)}), "
                                    f"got {len(values)}")
             yield start, dict(zip(header, values))
             start = reader.line_num + 1
@@ -163,6 +172,14 @@ def record_list(data: Any, key: Optional[str], path: Union[str, Path]) -> List[d
             raise PrepareError(f"{path}: item {index}{f' of {key!r}' if key else ''} is not an object: "
                                f"{shortened(item)}")
     return data
+
+
+def require_records(records: Sequence[Any], path: Union[str, Path], what: str) -> Sequence[Any]:
+    """``records`` themselves; an error naming ``path`` when there are none (an empty list or file converts to
+    nothing, which is never what a run means to do)."""
+    if not records:
+        raise PrepareError(f"{path}: no {what} in the file: nothing to convert")
+    return records
 
 
 def value_of(record: dict, key: str, where: str, kind: Union[type, Tuple[type, ...]] = object) -> Any:
@@ -245,15 +262,15 @@ class MediaOptions:
 
 
 class MediaFilter:
-    """Passes rows through, checking (or embedding) the media of column ``column``. Missing files are
-    collected; at the end they raise :class:`MissingMediaError` (listing the first few), or with
-    ``skip_missing`` their rows are left out and counted in ``skipped``."""
+    """Passes rows through, checking (or embedding) the media of column ``column``. Files that are missing or
+    empty (0 bytes: no image, video or audio) are collected; at the end they raise :class:`MissingMediaError`
+    (listing the first few), or with ``skip_missing`` their rows are left out and counted in ``skipped``."""
 
     def __init__(self, options: MediaOptions, column: int, output: Path):
         self.options = options
         self.column = column
         self.output = output
-        self.missing: Dict[str, None] = {}  # ordered set
+        self.missing: Dict[str, str] = {}  # relative path -> NOT_FOUND or EMPTY, in order of first use
         self.skipped = 0
         self._last: Tuple[Optional[str], Optional[str]] = (None, None)  # path -> base64 of the previous row
 
@@ -263,7 +280,7 @@ class MediaFilter:
             if self.options.reads_files:
                 media = self.media_field(row[self.column])
                 if media is None:
-                    self.missing[row[self.column]] = None
+                    self.missing[row[self.column]] = self.problem(row[self.column])
                     self.skipped += 1
                     continue
                 row[self.column] = media
@@ -272,30 +289,50 @@ class MediaFilter:
             raise MissingMediaError(self.missing_message())
 
     def media_field(self, relative: str) -> Optional[str]:
-        """What the media column holds for ``relative``: itself, its base64 when embedding, None if missing."""
+        """What the media column holds for ``relative``: itself, its base64 when embedding, None if the file is
+        missing or empty."""
         path = os.path.join(self.options.media_dir, relative)
         if not self.options.embed:
-            return relative if os.path.isfile(path) else None
+            return relative if os.path.isfile(path) and os.path.getsize(path) > 0 else None
         if self._last[0] == relative:  # training files repeat an image for each of its captions
             return self._last[1]
-        try:
-            with open(path, "rb") as file:
-                encoded = base64.b64encode(file.read()).decode("ascii")
-        except FileNotFoundError:
+        if not os.path.isfile(path):
             return None
+        with open(path, "rb") as file:
+            data = file.read()
+        if not data:
+            return None
+        encoded = base64.b64encode(data).decode("ascii")
         self._last = (relative, encoded)
         return encoded
 
+    def problem(self, relative: str) -> str:
+        """Why ``media_field`` refused ``relative``: NOT_FOUND or EMPTY."""
+        return EMPTY if os.path.isfile(os.path.join(self.options.media_dir, relative)) else NOT_FOUND
+
     def missing_message(self) -> str:
-        shown = list(self.missing)[:MISSING_SHOWN]
+        shown = [f"{relative} (empty)" if problem == EMPTY and len(set(self.missing.values())) > 1 else relative
+                 for relative, problem in list(self.missing.items())[:MISSING_SHOWN]]
         more = len(self.missing) - len(shown)
-        return (f"{self.output}: {counted(len(self.missing), 'media file')} not found under "
+        return (f"{self.output}: {counted(len(self.missing), 'media file')} {problems(self.missing)} under "
                 f"{self.options.media_dir} ({counted(self.skipped, 'row')}), e.g. {', '.join(shown)}"
                 f"{f' and {more} more' if more else ''} (pass --skip-missing-media to leave their rows out)")
 
 
-def counted(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+def problems(missing: Dict[str, str]) -> str:
+    """"not found", "empty" or "not found or empty": what is wrong with the ``missing`` media files."""
+    return " or ".join(problem for problem in (NOT_FOUND, EMPTY) if problem in missing.values())
+
+
+def skipped_note(skipped: int, missing: Dict[str, str]) -> str:
+    """The note of rows left out by --skip-missing-media (``missing`` as in :class:`MediaFilter`)."""
+    what = problems(missing).replace(NOT_FOUND, "missing")
+    return f"{counted(skipped, 'row')} skipped: {counted(len(missing), 'media file')} {what}"
+
+
+def counted(number: int, noun: str, plural: Optional[str] = None) -> str:
+    """``1 row``, ``2 rows``; ``plural`` for nouns that do not just take an s (``box``, ``boxes``)."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -365,10 +402,12 @@ def write_split(path: Path, rows: Iterable[Sequence[Any]], media_column: int, me
     """Writes one split file through the media check; returns what was written."""
     check = MediaFilter(media, media_column, path)
     count = write_tsv(path, check(rows))
-    notes = list(notes)
-    if check.skipped:
-        notes.append(f"{counted(check.skipped, 'row')} skipped: {counted(len(check.missing), 'media file')} missing")
-    return Written(path, count, notes)
+    return Written(path, count, list(notes) + media_notes(check))
+
+
+def media_notes(check: MediaFilter) -> List[str]:
+    """The note of the rows ``check`` left out, if it left out any."""
+    return [skipped_note(check.skipped, check.missing)] if check.skipped else []
 
 
 def write_answer_list(path: Path, answers: Sequence[str]) -> Written:

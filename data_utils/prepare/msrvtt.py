@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from unival.data_utils.prepare.common import (MediaOptions, PrepareError, Written, join_references, load_json,
                                               media_path, nonempty_text, numbered, record_list, require_files,
-                                              value_of, write_split)
+                                              require_records, value_of, write_split)
 
 PREFIX = "video_caption"
 MSRVTT_SPLITS = {"train": "train", "validate": "valid", "test": "test"}
@@ -21,7 +21,7 @@ def videos_and_captions(annotation_files: Sequence[Union[str, Path]]):
     captions: Dict[str, List[str]] = {}
     for path in annotation_files:
         data = load_json(path, "--annotations")
-        for video in record_list(data, "videos", path):
+        for video in require_records(record_list(data, "videos", path), path, "videos"):
             where = f"{path}: video {video.get('video_id')}"
             video_id = value_of(video, "video_id", where, str)
             split = value_of(video, "split", where, str)

@@ -3,6 +3,7 @@ and QA, audio captions) -> ``<stream>_<split>.tsv`` with the columns uniq_id, me
 gt_objects, dataset_name, type; one file per stream (image, video, audio...), which may mix kinds."""
 import math
 import os
+import posixpath
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -12,7 +13,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from unival.data_utils.answers import parse_answers
 from unival.data_utils.media import MAX_PATH, base64_bytes
 from unival.data_utils.prepare.common import (REFERENCE_SEPARATOR, MediaFilter, MediaOptions, PrepareError,
-                                              Written, counted, require_files, write_tsv)
+                                              Written, counted, require_files, skipped_note, write_tsv)
 from unival.data_utils.transforms import parse_box
 
 UNIFY_COLUMNS = ("uniq_id", "media", "caption", "question", "refs", "gt_objects", "dataset_name", "type")
@@ -119,17 +120,22 @@ def unified_row(kind: InputKind, fields: List[str], name: str, where: str) -> Op
 
 class InputFile:
     """The rows of one per-task TSV file in the unify columns; ``unanswered`` counts the questions left out
-    for having no answers. The file's stem is the dataset name and prefixes its ids."""
+    for having no answers. The file's stem is the dataset name and prefixes its ids; ``media_prefix`` is the
+    folder (under the pretraining media folder) that its media paths are relative to."""
 
-    def __init__(self, kind: str, path: Union[str, Path]):
+    def __init__(self, kind: str, path: Union[str, Path], media_prefix: str = "", media_dir: Optional[str] = None):
         self.kind = INPUT_KINDS[kind]
         self.path = Path(path)
         self.name = self.path.stem
+        self.media_prefix = media_prefix
+        self.media_dir = media_dir
         self.unanswered = 0
 
     def __iter__(self) -> Iterator[Tuple[str, ...]]:
         first_line: Dict[str, str] = {}
+        lines = 0
         for where, fields in tsv_fields(self.path):
+            lines += 1
             row = unified_row(self.kind, fields, self.name, where)
             if row is None:
                 self.unanswered += 1
@@ -137,7 +143,18 @@ class InputFile:
             if row[0] in first_line:
                 raise PrepareError(f"{where}: id {fields[0]!r} repeats {first_line[row[0]]}")
             first_line[row[0]] = where
+            if self.media_prefix:
+                row = (row[0], self.prefixed(row[MEDIA_COLUMN]), *row[MEDIA_COLUMN + 1:])
             yield row
+        if not lines:
+            raise PrepareError(f"{self.path}: no rows in the file: nothing to convert")
+
+    def prefixed(self, field: str) -> str:
+        """``media_prefix/field``; an absolute path, or an image field that holds base64, as it is."""
+        folder = os.path.join(self.media_dir or "", self.media_prefix)
+        if os.path.isabs(field) or (self.kind.images and embedded_image(field, folder)):
+            return field
+        return posixpath.join(self.media_prefix, field)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,21 +188,31 @@ class StreamMediaFilter(MediaFilter):
 # Writing
 
 
-def checked_inputs(inputs: Sequence[Tuple[str, Union[str, Path]]]) -> List[InputFile]:
-    """The input files, once every kind is known, every file exists and no two share a dataset name."""
+def checked_inputs(inputs: Sequence[Tuple[str, ...]], media_dir: Optional[str] = None) -> List[InputFile]:
+    """The input files of (kind, path) or (kind, path, media prefix) triples, once every kind is known, every
+    file exists and no two share a dataset name."""
     if not inputs:
         raise ValueError(f"no input files: give one or more of {', '.join(f'--{kind}' for kind in INPUT_KINDS)}")
-    for kind, _ in inputs:
+    for kind, *_ in inputs:
         if kind not in INPUT_KINDS:
             raise ValueError(f"unknown input kind {kind!r} (expected one of {', '.join(INPUT_KINDS)})")
-    require_files([(path, f"--{kind}") for kind, path in inputs])
-    files, seen = [InputFile(kind, path) for kind, path in inputs], {}
+    require_files([(path, f"--{kind}") for kind, path, *_ in inputs])
+    files, seen = [InputFile(*spec, media_dir=media_dir) for spec in inputs], {}
     for source in files:
         if source.name in seen:
             raise ValueError(f"{seen[source.name]} and {source.path} have the same name {source.name!r}: it is "
-                             f"the dataset name and id prefix of their rows, so it must differ")
+                             f"the dataset name and id prefix of their rows, so it must differ. Give one of them "
+                             f"a name of its own by linking (or copying) it, e.g. {renaming(source.path)}, and "
+                             "pass the new name")
         seen[source.name] = source.path
     return files
+
+
+def renaming(path: Path) -> str:
+    """A command that gives ``path`` a second name, prefixed by its folder's (``clotho_audio_caption_train.tsv``
+    for ``clotho/audio_caption_train.tsv``): a link's own name is the dataset name."""
+    folder = path.parent.name or "other"
+    return f"ln -s {path.name} {path.parent / f'{folder}_{path.name}'}"
 
 
 def type_counts(counts: Counter) -> str:
@@ -197,17 +224,19 @@ def prepare_pretraining(out: Union[str, Path], stream: str, split: str = "train"
                         media: Optional[MediaOptions] = None) -> List[Written]:
     """Writes ``<out>/<stream>_<split>.tsv``: the rows of every input, in the order given, in the unify columns.
 
-    ``inputs`` are (kind, path) pairs, the kinds keys of :data:`INPUT_KINDS`. Each row's uniq_id is
-    ``<dataset name>-<id>``, the dataset name being its file's stem; media fields pass through as they are
-    (or are checked, or embedded, by ``media``). Questions without answers (test files) cannot be trained on:
-    they are left out and counted in the notes.
+    ``inputs`` are (kind, path) pairs, the kinds keys of :data:`INPUT_KINDS`, or (kind, path, media prefix)
+    triples. Each row's uniq_id is ``<dataset name>-<id>``, the dataset name being its file's stem; media paths
+    are put under the input's media prefix (a folder of the pretraining media folder; base64 images and
+    absolute paths stay as they are), then checked, or embedded, by ``media`` (whose ``media_dir`` is then the
+    folder that holds the prefixes). Questions without answers (test files) cannot be trained on: they are left
+    out and counted in the notes.
     """
     media = media or MediaOptions()
     media.validate()
     for value, option in ((stream, "--stream"), (split, "--split")):
         if not NAME.fullmatch(value or ""):
             raise ValueError(f"{option} must be letters, digits and underscores, got {value!r}")
-    files = checked_inputs(inputs)
+    files = checked_inputs(inputs, media.media_dir)
     path = Path(out) / f"{stream}_{split}.tsv"
     checks = [StreamMediaFilter(media, source) for source in files]
     counts = Counter()
@@ -223,9 +252,9 @@ def prepare_pretraining(out: Union[str, Path], stream: str, split: str = "train"
         written.notes.append(type_counts(counts))
     unanswered = sum(source.unanswered for source in files)
     if unanswered:
-        written.notes.append(f"{unanswered} questions without answers left out")
+        written.notes.append(f"{counted(unanswered, 'question')} without answers left out")
     skipped = sum(check.skipped for check in checks)
     if skipped:
-        missing = {field for check in checks for field in check.missing}
-        written.notes.append(f"{counted(skipped, 'row')} skipped: {counted(len(missing), 'media file')} missing")
+        missing = {field: problem for check in checks for field, problem in check.missing.items()}
+        written.notes.append(skipped_note(skipped, missing))
     return [written]

@@ -1,11 +1,12 @@
 """RefCOCO, RefCOCO+ and RefCOCOg (``refs(unc).p`` / ``refs(umd).p`` plus ``instances.json``) ->
 ``<prefix>_{train,valid,testA,testB,test}.tsv`` with the columns id, image-id, text, ``x0,y0,x1,y1``, image."""
+from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from unival.data_utils.prepare.common import (MediaOptions, PrepareError, Written, load_json, load_plain_pickle,
-                                              media_path, nonempty_text, numbered, record_list, require_files,
-                                              value_of, write_split)
+                                              counted, media_path, nonempty_text, numbered, record_list,
+                                              require_files, require_records, value_of, write_split)
 from unival.data_utils.transforms import BOX_TOLERANCE
 
 DEFAULT_PREFIX = "refcoco"
@@ -21,10 +22,11 @@ def format_box(box: Sequence[float]) -> str:
     return ",".join(f"{value + 0.0:.2f}" for value in box)
 
 
-def corner_box(bbox, width: float, height: float, clip: bool, where: str) -> Tuple[float, ...]:
-    """COCO ``[x, y, w, h]`` -> ``(x0, y0, x1, y1)`` rounded to 2 decimals, inside the ``width`` x ``height``
-    image. A box reaching outside by up to ``BOX_TOLERANCE`` pixels (annotation rounding, which the refcoco task
-    accepts too) is clipped; further out it is an error, or is clipped with ``clip``."""
+def corner_box(bbox, width: float, height: float, clip: bool, where: str) -> Tuple[Tuple[float, ...], bool]:
+    """(COCO ``[x, y, w, h]`` -> ``(x0, y0, x1, y1)`` rounded to 2 decimals, inside the ``width`` x ``height``
+    image; whether ``clip`` mended it). A box reaching outside by up to ``BOX_TOLERANCE`` pixels (annotation
+    rounding, which the refcoco task accepts too) is clipped as a matter of course; further out it is an error,
+    or is clipped with ``clip``."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(
             isinstance(v, NUMBER) and not isinstance(v, bool) for v in bbox):
         raise PrepareError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
@@ -41,7 +43,7 @@ def corner_box(bbox, width: float, height: float, clip: bool, where: str) -> Tup
     box = [min(max(v, 0.0), limit) for v, limit in zip(box, limits)]
     if box[2] <= box[0] or box[3] <= box[1]:
         raise PrepareError(f"{where}: empty box {format_box(box)} (bbox {list(bbox)})")
-    return tuple(box)
+    return tuple(box), outside
 
 
 def instances_index(instances_path: Union[str, Path]) -> Tuple[Dict, Dict]:
@@ -61,9 +63,12 @@ def instances_index(instances_path: Union[str, Path]) -> Tuple[Dict, Dict]:
 
 
 def referring_rows(refs: List[dict], images: Dict, annotations: Dict, refs_path, instances_path,
-                   image_folder: str = DEFAULT_IMAGE_FOLDER, clip: bool = False) -> Dict[str, List[tuple]]:
-    """Rows (without the running id) of each split present in ``refs``: one per sentence of each ref."""
+                   image_folder: str = DEFAULT_IMAGE_FOLDER,
+                   clip: bool = False) -> Tuple[Dict[str, List[tuple]], Counter]:
+    """(rows (without the running id) of each split present in ``refs``, one per sentence of each ref; how many
+    boxes of each split ``clip`` clipped)."""
     rows: Dict[str, List[tuple]] = {}
+    clipped = Counter()
     for index, ref in enumerate(refs):
         where = f"{refs_path}: ref {ref.get('ref_id', f'number {index}')}"
         split = value_of(ref, "split", where, str)
@@ -77,7 +82,9 @@ def referring_rows(refs: List[dict], images: Dict, annotations: Dict, refs_path,
             raise PrepareError(f"{where}: annotation {ann_id} is not in {instances_path}")
         image, annotation = images[image_id], annotations[ann_id]
         box_where = f"{where} (annotation {ann_id} of {instances_path})"
-        box = corner_box(value_of(annotation, "bbox", box_where), image["width"], image["height"], clip, box_where)
+        box, outside = corner_box(value_of(annotation, "bbox", box_where), image["width"], image["height"], clip,
+                                  box_where)
+        clipped[REFER_SPLITS[split]] += outside
         path = media_path(image_folder, image["file_name"])
         sentences = value_of(ref, "sentences", where, list)
         if not sentences:
@@ -87,7 +94,7 @@ def referring_rows(refs: List[dict], images: Dict, annotations: Dict, refs_path,
                 raise PrepareError(f"{where}: sentence {number} is not a dict")
             text = nonempty_text(value_of(sentence, "sent", where), where, f"sentence {number}")
             rows.setdefault(REFER_SPLITS[split], []).append((image_id, text, format_box(box), path))
-    return rows
+    return rows, clipped
 
 
 def prepare_refcoco(refs: Union[str, Path], instances: Union[str, Path], out: Union[str, Path],
@@ -101,9 +108,18 @@ def prepare_refcoco(refs: Union[str, Path], instances: Union[str, Path], out: Un
     media = media or MediaOptions()
     media.validate()
     require_files([(refs, "--refs"), (instances, "--instances")])
-    ref_list = record_list(load_plain_pickle(refs, "--refs"), None, refs)
+    ref_list = require_records(record_list(load_plain_pickle(refs, "--refs"), None, refs), refs, "refs")
     images, annotations = instances_index(instances)
-    rows = referring_rows(ref_list, images, annotations, refs, instances, image_folder, clip_boxes)
+    rows, clipped = referring_rows(ref_list, images, annotations, refs, instances, image_folder, clip_boxes)
     ordered = [split for split in REFER_SPLITS.values() if split in rows]
-    return [write_split(Path(out) / f"{prefix}_{split}.tsv", numbered(rows[split]), IMAGE_COLUMN, media)
+    return [write_split(Path(out) / f"{prefix}_{split}.tsv", numbered(rows[split]), IMAGE_COLUMN, media,
+                        clipped_note(clipped[split]))
             for split in ordered]
+
+
+def clipped_note(boxes: int) -> List[str]:
+    """The note of the boxes --clip-boxes clipped (those within BOX_TOLERANCE of the image are not counted)."""
+    if not boxes:
+        return []
+    return [f"{counted(boxes, 'box', 'boxes')} clipped to the image (more than {BOX_TOLERANCE:g} pixel outside; "
+            "--clip-boxes)"]

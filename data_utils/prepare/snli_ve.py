@@ -4,7 +4,8 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 from unival.data_utils.prepare.common import (MediaOptions, PrepareError, Written, json_lines, media_path,
-                                              nonempty_text, numbered, require_files, write_split)
+                                              nonempty_text, numbered, require_files, require_records,
+                                              write_split)
 
 PREFIX = "snli_ve"
 DEFAULT_IMAGE_FOLDER = "flickr30k_images"
@@ -37,7 +38,7 @@ def entailment_rows(path: Union[str, Path], option: str, image_folder: str = DEF
         hypothesis = nonempty_text(record.get("sentence2"), where, "hypothesis (sentence2)")
         premise = nonempty_text(record.get("sentence1"), where, "premise (sentence1)")
         rows.append((image_id, media_path(image_folder, f"{image_id}.jpg"), hypothesis, premise, LABELS[label]))
-    return rows
+    return require_records(rows, path, "pairs")
 
 
 def prepare_snli_ve(out: Union[str, Path], train=None, dev=None, test=None, image_folder: str = DEFAULT_IMAGE_FOLDER,

@@ -5,13 +5,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from unival.data_utils.prepare.common import (MediaOptions, PrepareError, Written, answers_field, clean_text,
-                                              load_json, media_path, nonempty_text, record_list, require_file,
-                                              require_files, value_of, write_answer_list, write_split)
+from unival.data_utils.answers import parse_answers
+from unival.data_utils.prepare.common import (MediaFilter, MediaOptions, PrepareError, Written, answers_field,
+                                              clean_text, counted, load_json, media_notes, media_path,
+                                              nonempty_text, record_list, require_file, require_files,
+                                              require_records, value_of, write_answer_list, write_split, write_tsv)
 
 PREFIX = "video_vqa"
 ANSWER_LIST = "answers.txt"
-VIDEO_COLUMN = 5
+ANSWER_COLUMN, VIDEO_COLUMN = 3, 5
 # dataset -> (default video folder, default extension)
 VIDEO_DEFAULTS = {"msrvtt": ("videos", "mp4"), "msvd": ("YouTubeClips", "avi")}
 MAPPING_LINE = re.compile(r"(?P<name>\S+)\s+vid(?P<id>\d+)")
@@ -69,36 +71,38 @@ def qa_records(path, option: str) -> List[Tuple[str, int, str, str, str]]:
         if not answer:
             raise PrepareError(f"{where}: empty answer")
         records.append((where, qid, video_id, question, answer))
-    return records
+    return require_records(records, path, "questions")
 
 
-def training_answer_list(records, size: Optional[int]) -> List[str]:
+def row_answer(row) -> str:
+    """The one answer of a video QA row (its answers column is ``1.0|!+answer``)."""
+    return parse_answers(row[ANSWER_COLUMN])[0][1]
+
+
+def training_answer_list(answers: List[str], size: Optional[int]) -> List[str]:
     """Distinct training answers, most frequent first (ties alphabetical), cut to ``size`` when given."""
-    counts = Counter(answer for *_, answer in records)
+    counts = Counter(answers)
     ranked = [answer for answer, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
     return ranked if size is None else ranked[:size]
 
 
-def video_qa_rows(records, name_of: Callable[[int, str], str], video_folder: str, extension: str,
-                  allowed: Optional[set] = None) -> Tuple[List[tuple], int]:
-    """(rows, questions dropped because their answer is not in ``allowed``)."""
-    rows, dropped = [], 0
+def video_qa_rows(records, name_of: Callable[[int, str], str], video_folder: str, extension: str) -> List[tuple]:
+    """One row per question, in file order."""
+    rows = []
     for where, qid, video_id, question, answer in records:
-        if allowed is not None and answer not in allowed:
-            dropped += 1
-            continue
         name = name_of(video_id, where)
         path = media_path(video_folder, f"{name}.{extension.lstrip('.')}")
         rows.append((qid, name, question, answers_field([(1.0, answer)], where), "-", path))
-    return rows, dropped
+    return rows
 
 
 def prepare_video_qa(dataset: str, out: Union[str, Path], train=None, val=None, test=None, youtube_mapping=None,
                      video_folder: Optional[str] = None, extension: Optional[str] = None,
                      num_answers: Optional[int] = None, media: Optional[MediaOptions] = None) -> List[Written]:
-    """Writes ``video_vqa_<split>.tsv`` for each file given (val -> valid) and, from the training file,
-    ``answers.txt``. Training questions whose answer is outside the list (only when ``num_answers`` cuts it)
-    are dropped; valid and test keep every question, so accuracy is over the whole split."""
+    """Writes ``video_vqa_<split>.tsv`` for each file given (val -> valid) and ``answers.txt``, from the answers
+    of the training rows written: a question left out for its missing video (``media.skip_missing``) does not
+    count. Training questions whose answer is outside the list (only when ``num_answers`` cuts it) are dropped;
+    valid and test keep every question, so accuracy is over the whole split."""
     media = media or MediaOptions()
     media.validate()
     if train is None:
@@ -111,17 +115,21 @@ def prepare_video_qa(dataset: str, out: Union[str, Path], train=None, val=None, 
     video_folder = default_folder if video_folder is None else video_folder
     extension = extension or default_extension
     out = Path(out)
-    train_records = qa_records(train, "--train")
-    answer_list = training_answer_list(train_records, num_answers)
-    inputs = [("train", train, "--train", set(answer_list)), ("valid", val, "--val", None),
-              ("test", test, "--test", None)]
-    outputs = []
-    for split, path, option, allowed in inputs:
-        if path is None:
-            continue
-        records = train_records if split == "train" else qa_records(path, option)
-        rows, dropped = video_qa_rows(records, name_of, video_folder, extension, allowed)
-        notes = [f"{dropped} questions dropped: answer not in {ANSWER_LIST}"] if dropped else []
-        outputs.append((out / f"{PREFIX}_{split}.tsv", rows, notes))
-    written = [write_answer_list(out / ANSWER_LIST, answer_list)]
-    return written + [write_split(path, rows, VIDEO_COLUMN, media, notes) for path, rows, notes in outputs]
+    rows = {split: video_qa_rows(qa_records(path, option), name_of, video_folder, extension)
+            for split, path, option in [("train", train, "--train"), ("valid", val, "--val"), ("test", test, "--test")]
+            if path is not None}
+    # The training videos are checked first, so that the answer list holds only answers of rows written.
+    train_path = out / f"{PREFIX}_train.tsv"
+    check = MediaFilter(media, VIDEO_COLUMN, train_path)
+    with_video = list(check(rows["train"]))
+    answer_list = training_answer_list([row_answer(row) for row in with_video], num_answers)
+    allowed = set(answer_list)
+    kept = [row for row in with_video if row_answer(row) in allowed]
+    dropped = len(with_video) - len(kept)
+    notes = [f"{counted(dropped, 'question')} dropped: answer not in {ANSWER_LIST}"] if dropped else []
+    answers = write_answer_list(out / ANSWER_LIST, answer_list)
+    if check.skipped:
+        answers.notes.append(f"from the {counted(len(with_video), 'training question')} with a video file")
+    written = [answers, Written(train_path, write_tsv(train_path, kept), notes + media_notes(check))]
+    return written + [write_split(out / f"{PREFIX}_{split}.tsv", split_rows, VIDEO_COLUMN, media)
+                      for split, split_rows in rows.items() if split != "train"]

@@ -6,9 +6,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
-from unival.data_utils.prepare.common import (MediaOptions, PrepareError, Written, answers_field, load_json,
-                                              nonempty_text, record_list, require_files, value_of, write_answer_list,
-                                              write_split)
+from unival.data_utils.prepare.common import (MediaOptions, PrepareError, Written, answers_field, counted,
+                                              load_json, nonempty_text, record_list, require_files, require_records,
+                                              value_of, write_answer_list, write_split)
 
 PREFIX = "vqa"
 ANSWER_LIST = "answers.txt"
@@ -44,7 +44,7 @@ def vqa_score(count: int, annotators: int = 10) -> float:
     min(1, matches / 3), averaged over the ``annotators`` subsets that leave one annotator out. With 10
     annotators: 1 -> 0.3, 2 -> 0.6, 3 -> 0.9, 4 or more -> 1.0 (plain min(1, count / 3) would give 1/3, 2/3, 1)."""
     if not 0 < count <= annotators:
-        raise ValueError(f"an answer given {count} times by {annotators} annotators")
+        raise ValueError(f"an answer given {counted(count, 'time')} by {counted(annotators, 'annotator')}")
     # Leaving out one of the `count` annotators who gave it leaves count - 1 matches; anyone else, count.
     total = count * min(1.0, (count - 1) / 3) + (annotators - count) * min(1.0, count / 3)
     return round(total / annotators, 6)
@@ -141,7 +141,7 @@ def question_rows(questions: List[dict], annotations: Optional[Dict[int, dict]],
     if annotations is not None:
         unasked = [qid for qid in annotations if qid not in seen]
         if unasked:
-            raise PrepareError(f"{annotations_path}: {len(unasked)} annotations of questions not in "
+            raise PrepareError(f"{annotations_path}: {counted(len(unasked), 'annotation')} of questions not in "
                                f"{questions_path}, e.g. question {unasked[0]}")
     return rows, dropped
 
@@ -162,6 +162,7 @@ def prepare_vqav2(out: Union[str, Path], train_questions, train_annotations, val
                    (test_questions, "--test-questions")])
     out = Path(out)
     train_labels = record_list(load_json(train_annotations, "--train-annotations"), "annotations", train_annotations)
+    require_records(train_labels, train_annotations, "annotations")
     answer_list = most_frequent_answers(train_labels, num_answers, train_annotations)
     allowed = set(answer_list)
     splits = [("train", train_questions, "--train-questions", train_annotations, train_labels),
@@ -173,7 +174,8 @@ def prepare_vqav2(out: Union[str, Path], train_questions, train_annotations, val
         if questions_path is None:
             continue
         questions_json = load_json(questions_path, option)
-        questions = record_list(questions_json, "questions", questions_path)
+        questions = require_records(record_list(questions_json, "questions", questions_path), questions_path,
+                                    "questions")
         annotations = None
         if annotations_path is not None:
             if labels is None:
@@ -182,7 +184,7 @@ def prepare_vqav2(out: Union[str, Path], train_questions, train_annotations, val
             annotations = annotations_by_question(labels, annotations_path)
         rows, dropped = question_rows(questions, annotations, allowed, image_folder(questions_json, split),
                                       questions_path, annotations_path)
-        notes = [f"{dropped} questions dropped: no answer in {ANSWER_LIST}"] if dropped else []
+        notes = [f"{counted(dropped, 'question')} dropped: no answer in {ANSWER_LIST}"] if dropped else []
         outputs.append((out / f"{PREFIX}_{split}.tsv", rows, notes))
     written = [write_answer_list(out / ANSWER_LIST, answer_list)]
     return written + [write_split(path, rows, IMAGE_COLUMN, media, notes) for path, rows, notes in outputs]

@@ -7,9 +7,10 @@ import pickle
 
 import pytest
 
-from unival.data_utils.prepare.common import (MediaFilter, MediaOptions, MissingMediaError, PrepareError, answers_field,
-                                              atomic_write_lines, csv_records, json_lines, load_json,
-                                              load_plain_pickle, require_file, write_split, write_tsv)
+from unival.data_utils.prepare.common import (MediaFilter, MediaOptions, MissingMediaError, PrepareError, Written,
+                                              answers_field, atomic_write_lines, counted, csv_records, json_lines,
+                                              load_json, load_plain_pickle, require_file, require_records,
+                                              write_split, write_tsv)
 from unival.data_utils.tsv import TSVReader
 
 
@@ -165,3 +166,48 @@ def test_text_that_is_not_utf8_or_a_quote_left_open_is_an_error_naming_the_line(
     with pytest.raises(PrepareError, match=r"quoted\.csv:2: malformed CSV record \(unexpected end of data; a quote "
                                            r"left open\?\)"):
         list(csv_records(quoted, "--development", ["file_name", "caption"]))
+
+
+@pytest.mark.parametrize("options", [dict(check=True), dict(embed=True)])
+def test_an_empty_media_file_is_an_error_naming_it_never_an_empty_field(tmp_path, media_dir, options):
+    (media_dir / "img" / "empty.jpg").write_bytes(b"")
+    rows = rows_with_media(["a.jpg", "empty.jpg", "gone.jpg"])
+    with pytest.raises(MissingMediaError) as error:
+        write_split(tmp_path / "a.tsv", rows, 1, MediaOptions(media_dir=str(media_dir), **options))
+    assert str(error.value).startswith(f"{tmp_path / 'a.tsv'}: 2 media files not found or empty under {media_dir} "
+                                       "(2 rows), e.g. img/empty.jpg (empty), img/gone.jpg (pass")
+    with pytest.raises(MissingMediaError, match=r"a\.tsv: 1 media file empty under .* \(1 row\), e\.g\. "
+                                                r"img/empty\.jpg \(pass"):
+        write_split(tmp_path / "a.tsv", rows[:2], 1, MediaOptions(media_dir=str(media_dir), **options))
+    assert not (tmp_path / "a.tsv").exists()
+
+
+@pytest.mark.parametrize("embed", [False, True])
+def test_skipping_counts_an_empty_media_file_with_the_missing_ones(tmp_path, media_dir, embed):
+    (media_dir / "img" / "empty.jpg").write_bytes(b"")
+    options = MediaOptions(media_dir=str(media_dir), skip_missing=True, embed=embed)
+    written = write_split(tmp_path / "a.tsv", rows_with_media(["empty.jpg", "a.jpg", "empty.jpg"]), 1, options)
+    assert (written.rows, written.notes) == (1, ["2 rows skipped: 1 media file empty"])
+    a_field = base64.b64encode(b"\xff\xd8jpeg-a").decode("ascii") if embed else "img/a.jpg"
+    assert (tmp_path / "a.tsv").read_text() == f"1\t{a_field}\n"
+    written = write_split(tmp_path / "a.tsv", rows_with_media(["empty.jpg", "gone.jpg"]), 1, options)
+    assert written.notes == ["2 rows skipped: 2 media files missing or empty"]
+
+
+def test_counted_says_one_row_and_two_rows():
+    assert [counted(n, "row") for n in (0, 1, 2)] == ["0 rows", "1 row", "2 rows"]
+    assert [counted(n, "box", "boxes") for n in (1, 3)] == ["1 box", "3 boxes"]
+
+
+def test_an_empty_output_has_a_warning_naming_it_and_why(tmp_path):
+    assert Written(tmp_path / "a.tsv", 2).warning() is None
+    assert Written(tmp_path / "a.tsv", 0, ["3 rows skipped: 1 media file missing"]).warning() == \
+        f"warning: {tmp_path / 'a.tsv'} holds no rows: 3 rows skipped: 1 media file missing"
+    assert Written(tmp_path / "answers.txt", 0, unit="answers").warning() == \
+        f"warning: {tmp_path / 'answers.txt'} holds no answers: no input record made one"
+
+
+def test_require_records_names_the_file_when_there_are_none(tmp_path):
+    assert require_records([{"a": 1}], tmp_path / "k.json", "images") == [{"a": 1}]
+    with pytest.raises(PrepareError, match=r"k\.json: no images in the file: nothing to convert"):
+        require_records([], tmp_path / "k.json", "images")

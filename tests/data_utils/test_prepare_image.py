@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 
+from unival.cli import main
 from unival.data_utils.prepare.coco_caption import prepare_coco_caption
 from unival.data_utils.prepare.common import MediaOptions, MissingMediaError, PrepareError
 from unival.data_utils.prepare.refcoco import corner_box, prepare_refcoco
@@ -74,6 +75,48 @@ def test_coco_caption_embeds_images(karpathy_json, tmp_path):
     rows = read_rows(tmp_path / "out" / "caption_train.tsv")
     assert base64.b64decode(rows[0][4]) == b"train2014/COCO_train2014_000000000009.jpg"
     assert base64.b64decode(rows[2][4]) == b"val2014/COCO_val2014_000000000042.jpg"
+
+
+def test_an_empty_image_file_is_never_embedded_as_an_empty_field(karpathy_json, tmp_path, capsys):
+    media = tmp_path / "coco"
+    for name in ("train2014/COCO_train2014_000000000009.jpg", "val2014/COCO_val2014_000000000042.jpg",
+                 "val2014/COCO_val2014_000000391895.jpg", "val2014/COCO_val2014_000000000073.jpg"):
+        (media / name).parent.mkdir(parents=True, exist_ok=True)
+        (media / name).write_bytes(name.encode())
+    (media / "val2014/COCO_val2014_000000000073.jpg").write_bytes(b"")  # the audit's `: > X.jpg`
+    command = ["prepare", "coco-caption", "--karpathy-json", str(karpathy_json), "--media-dir", str(media),
+               "--out", str(tmp_path / "out"), "--embed-images"]
+    assert main(command) == 2
+    assert capsys.readouterr().err == (
+        f"unival prepare coco-caption: error: {tmp_path / 'out' / 'caption_test.tsv'}: 1 media file empty under "
+        f"{media} (1 row), e.g. val2014/COCO_val2014_000000000073.jpg (pass --skip-missing-media to leave their "
+        "rows out)\n")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert main(command + ["--skip-missing-media"]) == 0
+    output, warnings = capsys.readouterr()
+    test_file = tmp_path / "out" / "caption_test.tsv"
+    assert output.splitlines()[-1] == f"wrote {test_file}: 0 rows (1 row skipped: 1 media file empty)"
+    assert warnings == (f"unival prepare coco-caption: warning: {test_file} holds no rows: 1 row skipped: 1 media "
+                        "file empty\n")
+    assert test_file.read_text() == ""
+    assert all(row[4] for row in read_rows(tmp_path / "out" / "caption_train.tsv"))
+
+
+def test_an_input_without_records_is_an_error_naming_it(tmp_path, capsys):
+    empty = write_json(tmp_path / "k.json", {"images": []})
+    assert main(["prepare", "coco-caption", "--karpathy-json", str(empty), "--out", str(tmp_path / "z")]) == 2
+    assert capsys.readouterr() == ("", f"unival prepare coco-caption: error: {empty}: no images in the file: "
+                                       "nothing to convert\n")
+    assert not (tmp_path / "z").exists()
+    (tmp_path / "snli_ve_test.jsonl").write_text("\n")
+    with pytest.raises(PrepareError, match=r"snli_ve_test\.jsonl: no pairs in the file"):
+        prepare_snli_ve(tmp_path, test=tmp_path / "snli_ve_test.jsonl")
+    refs = tmp_path / "refs(unc).p"
+    refs.write_bytes(pickle.dumps([]))
+    with pytest.raises(PrepareError, match=r"refs\(unc\)\.p: no refs in the file"):
+        prepare_refcoco(refs, write_json(tmp_path / "instances.json", {"images": [], "annotations": []}), tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "instances.json", "k.json", "refs(unc).p", "snli_ve_test.jsonl"]
 
 
 def test_coco_caption_errors_name_the_image(tmp_path):
@@ -174,8 +217,8 @@ def test_vqav2_rows_and_answer_list(vqa_files, tmp_path):
         ["31", "1", "What is this?", "", "", "test2015/COCO_test2015_000000000001.jpg"]]
     assert [(w.path.name, w.rows, w.notes) for w in written] == [
         ("answers.txt", 4, []),
-        ("vqa_train.tsv", 5, ["1 questions dropped: no answer in answers.txt"]),
-        ("vqa_valid.tsv", 1, ["1 questions dropped: no answer in answers.txt"]),
+        ("vqa_train.tsv", 5, ["1 question dropped: no answer in answers.txt"]),
+        ("vqa_valid.tsv", 1, ["1 question dropped: no answer in answers.txt"]),
         ("vqa_test.tsv", 1, []),
     ]
 
@@ -192,6 +235,23 @@ def test_vqav2_errors(vqa_files, tmp_path):
     write_json(val_a, {"annotations": [vqa_annotation(21, 43, ["yes"] * 10), vqa_annotation(22, 42, ["no"] * 10)]})
     with pytest.raises(PrepareError, match=r"val_a\.json: question 21: image 43 but the question is about image 42"):
         prepare_vqav2(tmp_path, train_q, train_a, val_q, val_a)
+    write_json(test_q, {"data_subtype": "test2015", "questions": []})
+    with pytest.raises(PrepareError, match=r"test_q\.json: no questions in the file: nothing to convert"):
+        prepare_vqav2(tmp_path, train_q, train_a, test_questions=test_q)
+    assert not (tmp_path / "answers.txt").exists()
+
+
+def test_vqav2_split_left_without_questions_is_written_with_a_warning(vqa_files, tmp_path, capsys):
+    train_q, train_a, val_q, val_a, _ = vqa_files
+    write_json(val_a, {"annotations": [vqa_annotation(21, 42, ["maybe"] * 10), vqa_annotation(22, 42, ["no"] * 10)]})
+    assert main(["prepare", "vqav2", "--out", str(tmp_path / "out"), "--train-questions", str(train_q),
+                 "--train-annotations", str(train_a), "--val-questions", str(val_q), "--val-annotations",
+                 str(val_a)]) == 0
+    output, warnings = capsys.readouterr()
+    valid = tmp_path / "out" / "vqa_valid.tsv"
+    assert output.splitlines()[-1] == f"wrote {valid}: 0 rows (2 questions dropped: no answer in answers.txt)"
+    assert warnings == (f"unival prepare vqav2: warning: {valid} holds no rows: 2 questions dropped: no answer in "
+                        "answers.txt\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -256,8 +316,13 @@ def test_box_outside_the_image_is_an_error_naming_the_ref_or_is_clipped(refcoco_
     with pytest.raises(PrepareError, match=r"refs\(unc\)\.p: ref 2 \(annotation 102 of .*\): box "
                                            r"90\.00,-2\.00,110\.00,8\.00 .* is outside the 100x50 image"):
         prepare_refcoco(refs_path, instances_path, tmp_path)
-    prepare_refcoco(refs_path, instances_path, tmp_path, clip_boxes=True)
+    written = prepare_refcoco(refs_path, instances_path, tmp_path, clip_boxes=True)
     assert read_rows(tmp_path / "refcoco_valid.tsv")[0][3] == "90.00,0.00,100.00,8.00"
+    # counted in the summary of the split whose ref it is
+    assert [(w.path.name, w.notes) for w in written] == [
+        ("refcoco_train.tsv", []), ("refcoco_valid.tsv", ["1 box clipped to the image (more than 1 pixel outside; "
+                                                          "--clip-boxes)"]),
+        ("refcoco_testA.tsv", []), ("refcoco_testB.tsv", [])]
 
 
 def test_corner_box_rejects_bad_and_empty_boxes():
@@ -270,8 +335,9 @@ def test_corner_box_rejects_bad_and_empty_boxes():
                 corner_box(bbox, 100, 80, clip, "ref 5")
     with pytest.raises(PrepareError, match="ref 5: empty box 10.00,0.00,10.00,5.00"):  # wholly outside, clipped
         corner_box([12, -10, 3, 15], 10, 10, True, "ref 5")
-    # up to a pixel outside is annotation rounding: clipped without an error
-    assert corner_box([-0.8, 0, 10.8, 10.004], 10, 10, False, "ref 5") == (0.0, 0.0, 10.0, 10.0)
+    # up to a pixel outside is annotation rounding: clipped without an error, and not counted as --clip-boxes's
+    assert corner_box([-0.8, 0, 10.8, 10.004], 10, 10, False, "ref 5") == ((0.0, 0.0, 10.0, 10.0), False)
+    assert corner_box([-3, 0, 5, 5], 10, 10, True, "ref 5") == ((0.0, 0.0, 2.0, 5.0), True)
 
 
 def test_refcoco_missing_annotation_names_the_ref(refcoco_files, tmp_path):

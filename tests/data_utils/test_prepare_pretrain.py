@@ -103,6 +103,22 @@ def test_questions_without_answers_are_left_out_and_counted(corpus, tmp_path):
     assert written[0].notes == [f"{len(answered)} qa", f"{left_out} questions without answers left out"]
 
 
+def test_a_stream_left_without_rows_is_written_with_a_warning_and_an_empty_input_is_an_error(tmp_path, capsys):
+    unanswered = write_lines(tmp_path / "vqa_test.tsv", ["7\t1\tis it red?\t\t\timages/1.png"])
+    out = tmp_path / "out"
+    assert main(["prepare", "pretrain", "--stream", "image", "--split", "test", "--out", str(out),
+                 "--vqa", str(unanswered)]) == 0
+    output, warnings = capsys.readouterr()
+    assert output == f"wrote {out / 'image_test.tsv'}: 0 rows (1 question without answers left out)\n"
+    assert warnings == (f"unival prepare pretrain: warning: {out / 'image_test.tsv'} holds no rows: 1 question "
+                        "without answers left out\n")
+    empty = write_lines(tmp_path / "caption_train.tsv", ["", "  "])
+    assert main(["prepare", "pretrain", "--stream", "image", "--out", str(out), "--caption", str(empty)]) == 2
+    assert capsys.readouterr().err == (f"unival prepare pretrain: error: {empty}: no rows in the file: nothing to "
+                                       "convert\n")
+    assert not (out / "image_train.tsv").exists()
+
+
 GOOD_ROWS = {"caption": "0\t7\ta dog\t\timages/7.png", "vqa": "0\t7\tis it red?\t1.0|!+yes\t\timages/7.png",
              "grounding": "0\t7\tthe dog\t1,2,30,40\timages/7.png", "video-caption": "0\t3\ta man\t-\tvideos/3.mp4"}
 
@@ -147,8 +163,73 @@ def test_bad_options_are_errors(stream, split, inputs, message, corpus, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_two_inputs_of_one_name_are_refused_with_a_way_out(corpus, tmp_path):
+    audiocaps, clotho = (tmp_path / dataset / "audio_caption_train.tsv" for dataset in ("audiocaps", "clotho"))
+    for path in (audiocaps, clotho):
+        path.parent.mkdir()
+        path.write_bytes((corpus / "audio_caption_train.tsv").read_bytes())
+    with pytest.raises(ValueError) as error:
+        prepare_pretraining(tmp_path / "out", "audio", "train",
+                            [("audio-caption", audiocaps), ("audio-caption", clotho)])
+    link = tmp_path / "clotho" / "clotho_audio_caption_train.tsv"
+    assert str(error.value) == (
+        f"{audiocaps} and {clotho} have the same name 'audio_caption_train': it is the dataset name and id prefix of "
+        f"their rows, so it must differ. Give one of them a name of its own by linking (or copying) it, e.g. "
+        f"ln -s audio_caption_train.tsv {link}, and pass the new name")
+    link.symlink_to("audio_caption_train.tsv")  # what the message says to do
+    prepare_pretraining(tmp_path / "out", "audio", "train", [("audio-caption", audiocaps), ("audio-caption", link)])
+    names = Counter(row[6] for row in read_rows(tmp_path / "out" / "audio_train.tsv"))
+    clips = len(input_rows(audiocaps))
+    assert clips and names == {"audio_caption_train": clips, "clotho_audio_caption_train": clips}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Media
+
+
+def test_media_prefix_puts_each_inputs_paths_under_one_media_folder(corpus, tmp_path):
+    root = tmp_path / "datasets"
+    (root / "msrvtt" / "videos").mkdir(parents=True)
+    (root / "msrvtt" / "videos" / "000000.mp4").write_bytes(b"mp4")
+    (root / "clotho" / "development").mkdir(parents=True)
+    (root / "clotho" / "development" / "a.wav").write_bytes(b"RIFF")
+    (root / "clotho" / "development" / "b.wav").write_bytes(b"")
+    encoded = input_rows(corpus / "caption_train.tsv")[0][4]
+    images = write_lines(tmp_path / "images.tsv", ["0\t0\ta shape\t\t/abs/images/1.png",
+                                                   f"1\t0\tthe same as base64\t\t{encoded}"])
+    clips = write_lines(tmp_path / "clips.tsv", ["0\t0\ta clip\t-\tvideos/000000.mp4"])
+    sounds = write_lines(tmp_path / "sounds.tsv", ["0\ta.wav\ta bird\t-\tdevelopment/a.wav",
+                                                   "1\tb.wav\train\t-\tdevelopment/b.wav"])
+    inputs = [("caption", images, "coco"), ("video-caption", clips, "msrvtt/"), ("audio-caption", sounds, "clotho")]
+    written = prepare_pretraining(tmp_path, "mixed", "train", inputs)
+    assert [row[1] for row in read_rows(tmp_path / "mixed_train.tsv")] == [
+        "/abs/images/1.png", encoded, "msrvtt/videos/000000.mp4", "clotho/development/a.wav",
+        "clotho/development/b.wav"]
+    # checked under the one folder that holds the prefixes; b.wav is empty
+    written = prepare_pretraining(tmp_path, "mixed", "train", inputs[1:],
+                                  MediaOptions(str(root), skip_missing=True))
+    assert [row[1] for row in read_rows(tmp_path / "mixed_train.tsv")] == [
+        "msrvtt/videos/000000.mp4", "clotho/development/a.wav"]
+    assert written[0].notes == ["1 video_caption, 1 audio_caption", "1 row skipped: 1 media file empty"]
+
+
+def test_media_prefix_on_the_command_line_applies_to_the_inputs_after_it(corpus, tmp_path, capsys):
+    clips = write_lines(tmp_path / "clips.tsv", ["0\t0\ta clip\t-\tvideos/000000.mp4"])
+    sounds = write_lines(tmp_path / "sounds.tsv", ["0\t0\ta bird\t-\ta.wav"])
+    more = write_lines(tmp_path / "more.tsv", ["0\t0\train\t-\tb.wav"])
+    last = write_lines(tmp_path / "last.tsv", ["0\t0\twind\t-\tc.wav"])
+    command = ["prepare", "pretrain", "--stream", "mixed", "--out", str(tmp_path / "out"),
+               "--video-caption", str(clips), "--media-prefix", "audiocaps", "--audio-caption", str(sounds),
+               str(more), "--media-prefix", "", "--audio-caption", str(last)]
+    assert main(command) == 0
+    assert [row[1] for row in read_rows(tmp_path / "out" / "mixed_train.tsv")] == [
+        "videos/000000.mp4", "audiocaps/a.wav", "audiocaps/b.wav", "c.wav"]
+    capsys.readouterr()
+    assert main(command + ["--media-prefix", "clotho"]) == 2
+    assert capsys.readouterr().err == ("unival prepare pretrain: error: --media-prefix 'clotho' comes after the last "
+                                       "input: it applies to the inputs named after it\n")
+    assert main(command[:6] + ["--media-prefix", "a", "--media-prefix", "b", "--video-caption", str(clips)]) == 2
+    assert "--media-prefix 'a' is followed by another --media-prefix before any input" in capsys.readouterr().err
 
 
 def test_check_media_passes_base64_images_and_checks_paths(corpus, tmp_path):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from unival.cli import main
 from unival.data_utils.prepare.audio_caption import prepare_audiocaps, prepare_clotho
 from unival.data_utils.prepare.common import MediaOptions, MissingMediaError, PrepareError
 from unival.data_utils.prepare.msrvtt import prepare_msrvtt_caption
@@ -112,7 +113,59 @@ def test_msrvtt_qa_rows_and_answer_list(msrvtt_qa_files, tmp_path):
 def test_video_qa_answer_list_cut_drops_training_questions(msrvtt_qa_files, tmp_path):
     written = prepare_video_qa("msrvtt", tmp_path, train=msrvtt_qa_files[0], num_answers=1)
     assert (tmp_path / "answers.txt").read_text() == "singing\n"
-    assert (written[1].rows, written[1].notes) == (2, ["1 questions dropped: answer not in answers.txt"])
+    assert (written[1].rows, written[1].notes) == (2, ["1 question dropped: answer not in answers.txt"])
+
+
+@pytest.mark.parametrize("cut", [None, 1])
+def test_video_qa_answer_list_comes_from_the_training_rows_written(tmp_path, cut):
+    train = qa_file(tmp_path / "train_qa.json", [(0, 0, "what is sung?", "opera"), (1, 1, "who sings?", "man"),
+                                                 (2, 1, "what is sung?", "song"), (3, 2, "what is it?", "song"),
+                                                 (4, 0, "who?", "woman")])
+    media = tmp_path / "msrvtt"
+    (media / "videos").mkdir(parents=True)
+    for video in (1, 2):
+        (media / "videos" / f"video{video}.mp4").write_bytes(b"mp4")
+    written = prepare_video_qa("msrvtt", tmp_path, train=train, num_answers=cut,
+                               media=MediaOptions(media_dir=str(media), skip_missing=True))
+    # video0's questions (opera, woman) are left out, so their answers are not in the list
+    assert (tmp_path / "answers.txt").read_text() == ("song\nman\n" if cut is None else "song\n")
+    assert [row[0] for row in read_rows(tmp_path / "video_vqa_train.tsv")] == (["1", "2", "3"] if cut is None
+                                                                              else ["2", "3"])
+    dropped = [] if cut is None else ["1 question dropped: answer not in answers.txt"]
+    assert [(w.path.name, w.rows, w.notes) for w in written] == [
+        ("answers.txt", 2 if cut is None else 1, ["from the 3 training questions with a video file"]),
+        ("video_vqa_train.tsv", 3 if cut is None else 2, dropped + ["2 rows skipped: 1 media file missing"])]
+
+
+def test_video_qa_without_any_training_video_warns_of_the_empty_files(tmp_path, capsys):
+    train = qa_file(tmp_path / "train_qa.json", [(0, 0, "what is sung?", "opera")])
+    (tmp_path / "msrvtt").mkdir()
+    assert main(["prepare", "msrvtt-qa", "--train", str(train), "--out", str(tmp_path / "out"), "--media-dir",
+                 str(tmp_path / "msrvtt"), "--skip-missing-media"]) == 0
+    answers, rows = tmp_path / "out" / "answers.txt", tmp_path / "out" / "video_vqa_train.tsv"
+    assert capsys.readouterr().err.splitlines() == [
+        f"unival prepare msrvtt-qa: warning: {answers} holds no answers: from the 0 training questions with a "
+        "video file",
+        f"unival prepare msrvtt-qa: warning: {rows} holds no rows: 1 row skipped: 1 media file missing"]
+    assert answers.read_text() == rows.read_text() == ""
+
+
+def test_inputs_without_records_are_errors_naming_them(tmp_path):
+    empty = write_json(tmp_path / "test_qa.json", [])
+    with pytest.raises(PrepareError, match=r"test_qa\.json: no questions in the file: nothing to convert"):
+        prepare_video_qa("msrvtt", tmp_path, train=qa_file(tmp_path / "train_qa.json", [(0, 0, "q?", "a")]),
+                         test=empty)
+    msrvtt = msrvtt_file(tmp_path / "test_videodatainfo.json", [], [])
+    with pytest.raises(PrepareError, match=r"test_videodatainfo\.json: no videos in the file"):
+        prepare_msrvtt_caption([msrvtt], tmp_path)
+    header_only = tmp_path / "val.csv"
+    header_only.write_text(AUDIOCAPS_HEADER)
+    with pytest.raises(PrepareError, match=r"val\.csv: no captions in the file"):
+        prepare_audiocaps(tmp_path, val=header_only)
+    header_only.write_text(CLOTHO_HEADER + "\n")
+    with pytest.raises(PrepareError, match=r"val\.csv: no captions in the file"):
+        prepare_clotho(tmp_path, validation=header_only)
+    assert not list(tmp_path.glob("*.tsv")) and not (tmp_path / "answers.txt").exists()
 
 
 def test_msvd_qa_maps_video_ids_through_youtube_mapping(tmp_path):
