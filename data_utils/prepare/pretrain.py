@@ -118,6 +118,38 @@ def unified_row(kind: InputKind, fields: List[str], name: str, where: str) -> Op
     return uniq_id, media, checked_captions(text, where), "", "", objects, name, kind.type
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
+MEDIA_SUFFIXES = {"image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES, "audio": AUDIO_SUFFIXES}
+
+
+def options_of_kinds(kinds: Sequence[str]) -> str:
+    return " or ".join(f"--{name}" for name in kinds)
+
+
+def other_kind_hint(kind: InputKind, fields: List[str]) -> str:
+    """For a first row that does not read as ``kind``: the input kinds whose files have its number of columns."""
+    others = [name for name, other in INPUT_KINDS.items() if other != kind and len(other.columns) == len(fields)]
+    return f" (is it a file of another kind? {options_of_kinds(others)} read {len(fields)} columns)" if others else ""
+
+
+def check_first_row(kind: InputKind, fields: List[str], where: str) -> None:
+    """Refuses a first row that looks like one of another kind of file: more columns than ``kind``'s, exactly as
+    many as another kind's (a VQA file given as --caption reads its objects column as the images), or a media
+    path naming a file of another medium (an image given as --video-caption reads as a one-frame video)."""
+    if len(fields) > len(kind.columns) and other_kind_hint(kind, fields):
+        raise PrepareError(f"{where}: {len(fields)} columns where a file of this kind has {len(kind.columns)} "
+                           f"({', '.join(kind.columns)}){other_kind_hint(kind, fields)}")
+    media = fields[len(kind.columns) - 1].strip().lower()
+    medium = kind.columns[-1]
+    for other, suffixes in MEDIA_SUFFIXES.items():
+        if other != medium and media.endswith(suffixes):
+            kinds = [name for name, candidate in INPUT_KINDS.items() if candidate.columns[-1] == other]
+            raise PrepareError(f"{where}: the {medium} field names a file of {other} ({fields[len(kind.columns) - 1]}"
+                               f"): is it a file of {options_of_kinds(kinds)}?")
+
+
 class InputFile:
     """The rows of one per-task TSV file in the unify columns; ``unanswered`` counts the questions left out
     for having no answers. The file's stem is the dataset name and prefixes its ids; ``media_prefix`` is the
@@ -136,7 +168,13 @@ class InputFile:
         lines = 0
         for where, fields in tsv_fields(self.path):
             lines += 1
-            row = unified_row(self.kind, fields, self.name, where)
+            try:
+                row = unified_row(self.kind, fields, self.name, where)
+            except PrepareError as err:
+                hint = other_kind_hint(self.kind, fields) if lines == 1 else ""
+                raise PrepareError(f"{err}{hint}") from err
+            if lines == 1:
+                check_first_row(self.kind, fields, where)
             if row is None:
                 self.unanswered += 1
                 continue

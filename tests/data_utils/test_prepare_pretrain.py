@@ -288,3 +288,25 @@ def test_cli_errors_name_the_file_and_line(tmp_path, capsys):
     assert not (tmp_path / "out" / "image_train.tsv").exists()
     assert main(["prepare", "pretrain", "--out", str(tmp_path / "out"), "--stream", "image"]) == 2
     assert "no input files" in capsys.readouterr().err
+
+
+def test_an_input_of_another_kind_is_named_as_such(corpus, tmp_path):
+    """A VQA file given as --caption failed on "empty image field"; an image caption file given as
+    --video-caption became a stream of one-frame videos."""
+    with pytest.raises(PrepareError, match=r"vqa_train.tsv:1: 6 columns where a file of this kind has 5 \(id, "
+                                           r"image-id, caption, objects, image\) \(is it a file of another kind\? "
+                                           r"--vqa or --video-qa read 6 columns\)"):
+        prepare_pretraining(tmp_path / "out", "image", "train", [("caption", corpus / "vqa_train.tsv")])
+    no_objects = write_lines(tmp_path / "vqa_bare.tsv", ["1\t0\twhat colour?\t1.0|!+red\t\t"])
+    with pytest.raises(PrepareError, match=r"vqa_bare.tsv:1: empty image field \(is it a file of another kind\? "
+                                           r"--vqa or --video-qa read 6 columns\)"):
+        prepare_pretraining(tmp_path / "out", "image", "train", [("caption", no_objects)])
+    images = write_lines(tmp_path / "captions.tsv", ["0\t0\ta red circle\t-\timages/1.jpg"])
+    with pytest.raises(PrepareError, match=r"captions.tsv:1: the video field names a file of image \(images/1.jpg\): "
+                                           r"is it a file of --caption or --vqa or --grounding\?"):
+        prepare_pretraining(tmp_path / "out", "video", "train", [("video-caption", images)])
+    videos = write_lines(tmp_path / "videos.tsv", ["0\t0\ta dog runs\t-\tclips/dog.MP4"])
+    with pytest.raises(PrepareError, match=r"the image field names a file of video \(clips/dog.MP4\): is it a file "
+                                           r"of --video-caption or --video-qa\?"):
+        prepare_pretraining(tmp_path / "out", "image", "train", [("caption", videos)])
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
