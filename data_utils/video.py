@@ -44,6 +44,10 @@ def sample_frame_indices(num_video_frames: int, num_frames: int, train: bool,
     return [min(int(position), num_video_frames - 1) for position in positions]
 
 
+# Files the video decoders open as one-frame videos (animated GIFs are left to them)
+STILL_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
 def load_video(field: str, data_dir: Optional[str] = None, num_frames: int = 8, train: bool = False,
                rng: Optional[np.random.Generator] = None, source: Optional[str] = None) -> np.ndarray:
     """(num_frames, H, W, 3) uint8 frames, chosen by :func:`sample_frame_indices`, of the video file a TSV
@@ -63,6 +67,9 @@ def load_video(field: str, data_dir: Optional[str] = None, num_frames: int = 8, 
         raise MediaError(located(source, f"video file not found: {path} (field {field!r})"))
     if os.path.getsize(path) == 0:
         raise MediaError(located(source, f"empty video file (0 bytes): {path}"))
+    if path.lower().endswith(STILL_IMAGE_SUFFIXES):  # the decoders read it as a video of one frame, repeated
+        raise MediaError(located(source, f"a still image, not a video: {path} (an image task's file given to a "
+                                         f"video task?)"))
     reasons = []
     if decord_module() is not None:
         try:

@@ -156,6 +156,15 @@ def test_broken_files_raise_naming_row_and_path(tmp_path, kind, backend):
     assert str(path) in message and reason in message
 
 
+def test_a_still_image_is_not_a_video(tmp_path):
+    """Both decoders read a JPEG as a one-frame video: an image task's file given to a video task trained on
+    copies of one frame."""
+    from PIL import Image
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(tmp_path / "photo.JPG")
+    with pytest.raises(MediaError, match=f"^{SOURCE}: a still image, not a video: .*photo.JPG"):
+        load_video("photo.JPG", str(tmp_path), num_frames=4, source=SOURCE)
+
+
 def test_pyav_reports_frames_missing_from_a_truncated_avi(tmp_path, monkeypatch):
     # The AVI header declares 20 frames; the last tenth of the file, with the last frames, is cut away.
     # (decord indexes such a file by the frames present and samples among those.)
