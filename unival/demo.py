@@ -3,7 +3,6 @@ on test captioning, trains it with fairseq-train, scores it again and prints bot
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import torch
 
 from unival.allocator import add_malloc_argument, environment_or_exit
-from unival.train import train_command
+from unival.train import run_fairseq, train_command
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ def train_and_score(task_name: str, out: Path, data: Path, args, env: dict) -> d
     print(f"[demo] {task_name}: training: " + " ".join(command), flush=True)
     start = time.time()
     env_command = [str(Path(sys.executable).with_name("fairseq-train"))] + command[1:]
-    status = subprocess.call(env_command, env={**env, "OMP_NUM_THREADS": str(args.threads)})
+    status = run_fairseq(env_command, {**env, "OMP_NUM_THREADS": str(args.threads)}, "unival demo")
     if status != 0:
         raise RuntimeError(f"fairseq-train failed with exit status {status}")
     minutes = (time.time() - start) / 60

@@ -4,6 +4,8 @@ A config is a flat map of fairseq-train options (``lr: 1.0e-4``, ``arch: unival_
 configs it builds on (paths relative to it), later keys winning. Paths and hardware come from the command
 line, hyperparameters from the YAML.
 """
+import os
+import re
 import shlex
 import subprocess
 import sys
@@ -166,4 +168,42 @@ def run(args) -> int:
         return 0
     executable = Path(sys.executable).with_name("fairseq-train")
     command[0] = str(executable) if executable.exists() else command[0]
-    return subprocess.call(command, env=env)
+    return run_fairseq(command, env, "unival train")
+
+
+ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit)): (.+)$")
+KEPT_OUTPUT = 1 << 16  # bytes of the end of fairseq's error output searched for the reason it stopped
+
+
+def stopping_reason(output: str) -> Optional[str]:
+    """The last ``SomeError: message`` line of a traceback in ``output`` (the exception that ended the run; for
+    one raised in a data-loader worker, its own), as ``message (SomeError)``."""
+    for line in reversed(output.splitlines()):
+        match = ERROR_LINE.match(line.strip())
+        if match:
+            return f"{match.group(2)} ({match.group(1)})"
+    return None
+
+
+def run_fairseq(command: List[str], env: Dict[str, str], who: str) -> int:
+    """Runs a fairseq command line, its error output passed through as it comes (progress bars included), and,
+    when it fails, ends with one line giving the reason the traceback above ends with: fairseq's tracebacks
+    (three chained ones for an error in a data-loader worker) put the message of a bad row or a missing file in
+    their middle or last line."""
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    kept = b""
+    try:
+        while True:
+            chunk = os.read(process.stderr.fileno(), 1 << 14)
+            if not chunk:
+                break
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+            kept = (kept + chunk)[-KEPT_OUTPUT:]
+    finally:
+        status = process.wait()
+        process.stderr.close()
+    reason = stopping_reason(kept.decode("utf-8", errors="replace")) if status else None
+    if reason:
+        print(f"{who}: fairseq-train stopped: {reason}", file=sys.stderr, flush=True)
+    return status

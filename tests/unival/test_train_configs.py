@@ -1,7 +1,9 @@
 """Every YAML config loads, starts with the command that runs it, and turns into fairseq-train options
 that fairseq's own parser accepts; `unival train` passes paths and extra options through."""
 
+import os
 import re
+import sys
 
 import pytest
 from fairseq import options
@@ -128,3 +130,26 @@ def test_another_number_of_epochs_scales_the_learning_rate_schedule(tmp_path, ca
     assert schedule(["--max-epoch", "1", "--total-num-update", "200"]) == (1, 200)
     capsys.readouterr()
     assert schedule(["--max-epoch", "3"]) == (3, 450) and "scaled" not in capsys.readouterr().out
+
+
+def test_a_failed_run_ends_with_the_reason_its_traceback_ends_with(tmp_path, capsys):
+    """fairseq's tracebacks put the message (a bad row, a missing file) in their middle or last line, three of them
+    for an error in a data-loader worker: unival train passes its output through, then says why in one line."""
+    from unival.train import run_fairseq, stopping_reason
+
+    worker = ("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: Caught ValueError in "
+              "DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  File \"y.py\", line 2\n"
+              "unival.data_utils.media.MediaError: caption_train.tsv:11: empty caption ''\n")
+    assert stopping_reason(worker) == "caption_train.tsv:11: empty caption '' (MediaError)"
+    assert stopping_reason("| INFO | done\n") is None
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nsys.stderr.write('progress 1\\rprogress 2\\r')\n"
+                      "raise FileNotFoundError(\"split 'valid': data/valid.tsv not found\")\n")
+    assert run_fairseq([sys.executable, str(script)], dict(os.environ), "unival train") == 1
+    err = capsys.readouterr().err
+    assert "progress 1\rprogress 2\r" in err  # passed through as it came
+    assert err.endswith("unival train: fairseq-train stopped: split 'valid': data/valid.tsv not found "
+                        "(FileNotFoundError)\n")
+    script.write_text("print('fine')\n")
+    assert run_fairseq([sys.executable, str(script)], dict(os.environ), "unival train") == 0
+    assert "stopped" not in capsys.readouterr().err
