@@ -141,14 +141,15 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
             "loss_tokens": loss_tokens,
         }
         for name, value in stream_losses.items():
-            logging_output[f"_stream_{name}_loss"] = value.data
-            logging_output[f"_stream_{name}_count"] = 1
+            present = value is not None  # every stream gets its keys: ranks must log the same ones at each step
+            logging_output[f"_stream_{name}_loss"] = value.data if present else loss.new_zeros(()).data
+            logging_output[f"_stream_{name}_count"] = int(present)
         if self.report_accuracy:
             logging_output["n_correct"] = utils.item(lprobs.argmax(-1).eq(target).sum())
             logging_output["total"] = target.numel()
         return loss, sample_size, logging_output
 
-    def stream_balanced(self, sample, loss: Tensor, rows: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def stream_balanced(self, sample, loss: Tensor, rows: Tensor) -> Tuple[Tensor, Dict[str, Optional[Tensor]]]:
         """Task balancing of a pretraining batch (``stream_ids``: the stream of each sample, ``streams``: their
         names): the sum over streams of each stream's token losses divided by its own sample size (its scored
         tokens, or sentences with --sentence-avg), so that a stream with longer targets or more rows does not
@@ -161,7 +162,8 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         sizes = torch.bincount(stream_ids if self.sentence_avg else token_streams, minlength=len(names))
         per_stream = sums / sizes.clamp(min=1).to(sums)  # 0 for a stream without tokens in this batch
         present = (sizes > 0).tolist()
-        return per_stream.sum(), {name: per_stream[number] for number, name in enumerate(names) if present[number]}
+        return per_stream.sum(), {name: per_stream[number] if present[number] else None
+                                  for number, name in enumerate(names)}
 
     def token_losses(self, lprobs: Tensor, target: Tensor, allowed: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """Per-token ``(loss, nll_loss)`` of the scored positions; subclasses add terms to the loss here."""
@@ -210,7 +212,8 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         for name in streams:
             stream_sum = sum(log.get(f"_stream_{name}_loss", 0) for log in logging_outputs)
             count = sum(log.get(f"_stream_{name}_count", 0) for log in logging_outputs)
-            metrics.log_scalar(f"loss_{name}", stream_sum / max(count, 1) / math.log(2), count, round=3)
+            if count:  # a stream no batch had (yet) is not logged
+                metrics.log_scalar(f"loss_{name}", stream_sum / count / math.log(2), count, round=3)
 
         total = utils.item(sum(log.get("total", 0) for log in logging_outputs))
         if total > 0:

@@ -19,11 +19,20 @@ MAX_LOGGED_SKIPS = 20
 REPLACEMENT_DRAWS = 32  # random rows tried in place of a bad training row before every row is tried in order
 
 
-def skipped_only_batch(num_skipped: int, split: str) -> Dict[str, Any]:
-    """The batch of an evaluation batch whose rows were all bad: only its counts. Not empty, so fairseq's trainer
-    hands it to the task (whose valid_step logs the count) instead of replacing it by its dummy batch;
-    fairseq-generate and ``generate_split`` pass over it (no ``net_input``)."""
-    return {"skipped_only": True, "nsentences": 0, "ntokens": 0, "num_skipped": num_skipped, "split": split}
+STAND_IN_INPUT = "stand_in_input"  # where a stand-in batch keeps its net_input (see stand_in_batch)
+
+
+def stand_in_batch(batch: Dict[str, Any], num_skipped: int) -> Dict[str, Any]:
+    """An evaluation batch whose rows were all bad, as ``batch`` (one good row of the split) standing in for it.
+    Validation runs the stand-in and zeroes all it logs but ``num_skipped`` (``UnivalTask.valid_step``): every rank
+    of a distributed run must log the same keys at each step, which a batch of counts only would not, and fairseq's
+    own dummy batch would lose the count (or stop the run when the split's first batch is the bad one). Its input
+    is kept under ``STAND_IN_INPUT`` rather than ``net_input``, so fairseq-generate and ``generate_split`` pass over
+    it."""
+    batch = dict(batch)
+    batch[STAND_IN_INPUT] = batch.pop("net_input")
+    batch["num_skipped"] = num_skipped
+    return batch
 
 
 def replaced_rows(samples: Sequence[Optional[Dict[str, Any]]]) -> int:
@@ -281,10 +290,10 @@ class UnivalDataset(FairseqDataset):
         """OFA's batch: ``id`` (dataset indices), ``uniq_ids``, ``nsentences``, ``ntokens``, ``net_input``
         (``src_tokens`` ... right-padded with ``<pad>``), ``target``, ``conf``, pass-through lists,
         ``num_skipped`` (bad rows of this batch, dropped or replaced) and ``split``. No samples at all is ``{}``
-        (fairseq's empty shard); bad rows only is :func:`skipped_only_batch`."""
+        (fairseq's empty shard); bad rows only, a :func:`stand_in_batch`."""
         kept = [sample for sample in samples if sample is not None]
         if not kept:
-            return skipped_only_batch(len(samples), self.split) if samples else {}
+            return stand_in_batch(self.collater([self.replacement(0)]), len(samples)) if samples else {}
         batch: Dict[str, Any] = {
             "id": torch.tensor([sample["index"] for sample in kept], dtype=torch.long),
             "uniq_ids": [sample.get("id") for sample in kept],

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from fairseq.data import FairseqDataset
 
-from unival.data_utils.dataset import pad_batches_to_multiple, skipped_only_batch
+from unival.data_utils.dataset import pad_batches_to_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,7 @@ class StreamMixture(FairseqDataset):
 
     def collater(self, items: List[Tuple[int, Any]]) -> Dict[str, Any]:
         """``{"streams": {name: that stream's batch}, "nsentences", "ntokens", "num_skipped", "split"}``; a
-        stream whose rows were all skipped is left out, and a batch with nothing left is only their count
-        (:func:`skipped_only_batch`)."""
+        stream's batch of bad rows only is its stand-in batch (see ``stand_in_batch``)."""
         grouped: Dict[int, List[Any]] = {}
         for stream, item in items:
             grouped.setdefault(stream, []).append(item)
@@ -106,10 +105,10 @@ class StreamMixture(FairseqDataset):
             name = self.names[stream]
             batch = self.datasets[name].collater(grouped[stream])
             skipped += batch.get("num_skipped", 0)
-            if not batch.get("skipped_only"):
+            if batch:
                 streams[name] = batch
         if not streams:
-            return skipped_only_batch(skipped, self.split) if items else {}
+            return {}
         return {
             "streams": streams,
             "nsentences": sum(batch["nsentences"] for batch in streams.values()),

@@ -19,6 +19,7 @@ from fairseq.optim.fp16_optimizer import _FP16OptimizerMixin, _MemoryEfficientFP
 from fairseq.tasks import FairseqTask
 from omegaconf import DictConfig, II, open_dict
 
+from unival.data_utils.dataset import STAND_IN_INPUT
 from unival.data_utils.media import load_image
 from unival.data_utils.transforms import image_transform, imagenet_mean_std
 from unival.data_utils.tsv import TSVFormatError, TSVReader
@@ -134,11 +135,6 @@ class UnivalTaskConfig(FairseqDataclass):
     fairseq_tpu: Any = II("common.tpu")
 
 
-def has_samples(batch) -> bool:
-    """Whether a collated batch holds samples: not fairseq's empty batch, nor one whose rows were all bad."""
-    return bool(batch) and not batch.get("skipped_only")
-
-
 def readable_rows(reader: TSVReader, skip_bad_rows: bool) -> Iterator[List[str]]:
     """Every row of ``reader``; malformed ones raise (naming file and line) unless ``skip_bad_rows``."""
     for index in range(len(reader)):
@@ -163,6 +159,7 @@ class UnivalTask(FairseqTask):
         self.bpe = bpe
         self.vocabulary_source = vocabulary_source
         self.missing_vocabulary = missing_vocabulary
+        self.model_built = False  # a model holds the dictionary: a checkpoint may no longer replace it
         self._bfloat16_cpu_checked = False  # --autocast-bf16 on a CPU: its bfloat16 support checked yet?
         if missing_vocabulary is None:
             self.vocabulary_ready()
@@ -179,6 +176,12 @@ class UnivalTask(FairseqTask):
         if not cfg.release_freed_memory:
             keep_freed_memory()
         bpe = cls.build_bpe_from_config(cfg)
+        if cfg.dict_file and kwargs.get("from_checkpoint") and not Path(cfg.dict_file).is_file():
+            # a checkpoint's own task options (fairseq's load_model_ensemble_and_task): its training run's dict.txt
+            # may be elsewhere now, and the checkpoint may store the vocabulary (see load_state_dict)
+            missing = f"--dict-file {cfg.dict_file} (the checkpoint's training option) not found"
+            logger.info("%s: the vocabulary must come from the checkpoint", missing)
+            return cls(cfg, Dictionary(), bpe, missing_vocabulary=missing)
         if cfg.dict_file:
             dictionary = build_unified_dictionary(bpe_dict_path=cfg.dict_file, code_dict_size=cfg.code_dict_size,
                                                   num_bins=cfg.num_bins)
@@ -227,6 +230,9 @@ class UnivalTask(FairseqTask):
             difference = vocabulary_difference(self.dictionary, dictionary)
             if difference is None:
                 return
+            if self.model_built:  # fairseq-generate --path a.pt:b.pt: a's model holds this dictionary
+                raise ValueError(f"{source} was trained with another vocabulary than a model already built with this "
+                                 f"task ({difference}): models of different vocabularies cannot form an ensemble")
             logger.warning("%s differs from the vocabulary the model was trained with, which %s holds (%s): the "
                            "model's is used", self.vocabulary_source, source, difference)
         else:
@@ -315,6 +321,7 @@ class UnivalTask(FairseqTask):
         else:
             forget_weight_files(cfg)
         model = super().build_model(cfg, from_checkpoint)
+        self.model_built = True
         self.adopt_model(model)
         return model
 
@@ -433,14 +440,30 @@ class UnivalTask(FairseqTask):
         logging_output["num_skipped"] = sample.get("num_skipped", 0) if sample else 0
         return loss, sample_size, logging_output
 
-    def valid_step(self, sample, model, criterion, **kwargs):
-        if not has_samples(sample):  # every row of the batch was bad (--skip-bad-rows): only their count
-            skipped = sample.get("num_skipped", 0) if sample else 0
-            return torch.zeros(()), 0, {"num_skipped": skipped, "ntokens": 0, "nsentences": 0, "sample_size": 0}
+    def valid_step(self, sample, model, criterion, ema_model=None, **kwargs):
+        """The criterion's loss and the task's metrics (``add_valid_metrics``) of a validation batch. With
+        ``uses_ema``, fairseq passes the EMA model (--store-ema), which then is the one evaluated. A stand-in batch
+        (see ``stand_in_batch``) is run like any other, then everything it logs is zeroed but its count of skipped
+        rows, so that every rank logs the same keys."""
+        if ema_model is not None and self.uses_ema:
+            model = ema_model.eval()
+        stand_in = STAND_IN_INPUT in sample
+        if stand_in:
+            sample = {**sample, "net_input": sample[STAND_IN_INPUT]}
         with self.forward_autocast(model):
             loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        self.add_valid_metrics(sample, model, logging_output)
+        if stand_in:
+            loss, sample_size = loss * 0, 0
+            logging_output = {key: value * 0 if torch.is_tensor(value) else type(value)(0) if isinstance(
+                value, (int, float)) else value for key, value in logging_output.items()}
         logging_output["num_skipped"] = sample.get("num_skipped", 0)
         return loss, sample_size, logging_output
+
+    uses_ema = False  # a task that evaluates the EMA model in validation when fairseq keeps one (--store-ema)
+
+    def add_valid_metrics(self, sample, model, logging_output: Dict[str, Any]) -> None:
+        """Adds the task's metrics of a validation batch (sums and counts) to the criterion's ``logging_output``."""
 
     def forward_autocast(self, model, optimizer=None):
         """The precision context of a training or validation forward pass: bfloat16 autocast on the model's

@@ -12,7 +12,7 @@ from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import normalize_caption
 from unival.metrics import cider_d, cider_document_frequency
 from unival.task_metrics import log_ratio
-from unival.tasks.base import UnivalTask, UnivalTaskConfig, has_samples, readable_rows
+from unival.tasks.base import UnivalTask, UnivalTaskConfig, readable_rows
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,8 @@ class CaptionTask(UnivalTask):
         hypotheses = self.inference_step(self.caption_generator([model]), [model], sample)
         return [self.decode(hypos[0]["tokens"]) for hypos in hypotheses]
 
-    def valid_step(self, sample, model, criterion):
-        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        if self.cfg.eval_cider and has_samples(sample):
+    def add_valid_metrics(self, sample, model, logging_output) -> None:
+        if self.cfg.eval_cider:
             predictions = dict(enumerate(self.predict(model, sample)))
             references = dict(enumerate(sample["references"]))
             # the n-gram document frequencies of the batch's own subset (--valid-subset valid,test: each its own)
@@ -132,7 +131,6 @@ class CaptionTask(UnivalTask):
             logging_output["_cider_count"] = len(scores)
             if self.cfg.eval_print_samples:
                 logger.info("example hypothesis: %s | reference: %s", predictions[0], references[0][0])
-        return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)

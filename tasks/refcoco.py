@@ -18,7 +18,7 @@ from unival.data_utils.transforms import (bins_to_box, box_to_bins, checked_box,
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import first_bin_index, normalize_phrase
 from unival.task_metrics import SIZE_BUCKETS, box_size_bucket, grounding_hits, log_accuracy
-from unival.tasks.base import UnivalTask, UnivalTaskConfig, has_samples
+from unival.tasks.base import UnivalTask, UnivalTaskConfig
 
 logger = logging.getLogger(__name__)
 
@@ -167,9 +167,8 @@ class RefcocoTask(UnivalTask):
         return self.predicted_boxes(self.box_generator([model], self.cfg.eval_beam), model, sample).tolist()
 
     # ---- validation -------------------------------------------------------------------------------------
-    def valid_step(self, sample, model, criterion):
-        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        if self.cfg.eval_acc and has_samples(sample):
+    def add_valid_metrics(self, sample, model, logging_output) -> None:
+        if self.cfg.eval_acc:
             predicted = torch.tensor(self.predict(model, sample), dtype=torch.float64)
             truth = torch.tensor(sample["references"], dtype=torch.float64)
             hits = grounding_hits(predicted, truth).tolist()
@@ -182,7 +181,6 @@ class RefcocoTask(UnivalTask):
                 logging_output[f"_{METRIC}_{bucket}_count"] = len(chosen)
             if self.cfg.eval_print_samples:
                 logger.info("example box: %s | ground truth: %s", predicted[0].tolist(), truth[0].tolist())
-        return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)

@@ -12,7 +12,7 @@ from unival.data_utils.trie import Trie
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import encode_text, normalize_phrase
 from unival.task_metrics import log_accuracy
-from unival.tasks.base import UnivalTask, UnivalTaskConfig, has_samples
+from unival.tasks.base import UnivalTask, UnivalTaskConfig
 
 logger = logging.getLogger(__name__)
 
@@ -126,16 +126,14 @@ class SnliVeTask(UnivalTask):
                                   allowed=self.trie)
         return [ANSWERS[index] for index in scores.argmax(-1).tolist()]
 
-    def valid_step(self, sample, model, criterion):
-        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
-        if self.cfg.eval_acc and has_samples(sample):
+    def add_valid_metrics(self, sample, model, logging_output) -> None:
+        if self.cfg.eval_acc:
             predictions = self.predict(model, sample)
             hits = [prediction == label for prediction, label in zip(predictions, sample["references"])]
             logging_output[f"_{METRIC}_hits"] = sum(hits)
             logging_output[f"_{METRIC}_count"] = len(hits)
             if self.cfg.eval_print_samples:
                 logger.info("example answer: %s | label: %s", predictions[0], sample["references"][0])
-        return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)

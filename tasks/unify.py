@@ -15,7 +15,7 @@ from omegaconf import II
 
 from unival.data_utils.answers import answer_confidences
 from unival.data_utils.dataset import (BATCH_FIELDS, BatchField, UnivalDataset, compact_media, replaced_rows,
-                                       skipped_only_batch)
+                                       stand_in_batch)
 from unival.data_utils.media import load_image
 from unival.data_utils.mixture import StreamMixture, parse_stream_weights
 from unival.data_utils.prepare.pretrain import UNIFY_COLUMNS
@@ -289,7 +289,7 @@ class UnifyDataset(UnivalDataset):
         skipped = sum(item is None for item in items) + replaced_rows(items)
         samples = self.flattened(items)
         if not samples:
-            return skipped_only_batch(skipped, self.split) if items else {}
+            return stand_in_batch(self.collater([self.replacement(0)]), skipped) if items else {}
         batch = super().collater(samples)
         batch["num_skipped"] = skipped
         return batch
@@ -307,7 +307,10 @@ class UnifyMixture(StreamMixture):
             else:
                 samples += self.datasets[self.names[stream]].flattened([item], stream)
         if not samples:
-            return skipped_only_batch(skipped, self.split) if items else {}
+            if not items:
+                return {}
+            stream = items[0][0]
+            return stand_in_batch(self.collater([(stream, self.datasets[self.names[stream]].replacement(0))]), skipped)
         batch = UnivalDataset.collater(next(iter(self.datasets.values())), samples)
         batch.update(num_skipped=skipped, streams=self.names, split=self.split)
         return batch

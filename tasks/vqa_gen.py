@@ -18,7 +18,7 @@ from unival.data_utils.trie import Trie
 from unival.data_utils.tsv import TSVReader
 from unival.data_utils.vocab import encode_text, normalize_question
 from unival.task_metrics import log_accuracy, summed
-from unival.tasks.base import UnivalTask, UnivalTaskConfig, has_samples
+from unival.tasks.base import UnivalTask, UnivalTaskConfig
 
 logger = logging.getLogger(__name__)
 
@@ -195,18 +195,15 @@ class VqaGenTask(UnivalTask):
         logging_output["num_unlisted"] = unlisted_count(sample)
         return loss, sample_size, logging_output
 
-    def valid_step(self, sample, model, criterion, ema_model=None):
-        model = model if ema_model is None else ema_model.eval()
-        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+    def add_valid_metrics(self, sample, model, logging_output) -> None:
         logging_output["num_unlisted"] = unlisted_count(sample)
-        if self.cfg.eval_accuracy and has_samples(sample):
+        if self.cfg.eval_accuracy:
             predictions = self.predict(model, sample)
             scores = [vqa_score(prediction, refs) for prediction, refs in zip(predictions, sample["references"])]
             logging_output["_vqa_score_hits"] = float(sum(scores))
             logging_output["_vqa_score_count"] = len(scores)
             if self.cfg.eval_print_samples:
                 logger.info("example answer: %s | references: %s", predictions[0], sample["references"][0])
-        return loss, sample_size, logging_output
 
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)

@@ -534,7 +534,7 @@ def save_predictions(path: str, predictions: Mapping, evaluation: TaskEvaluation
 def json_id(key: str):
     """An id as the benchmarks' own files write it: a number when it is one (VQA's question_id, COCO's
     image_id), the text otherwise."""
-    return int(key) if key.isdigit() and str(int(key)) == key else key
+    return int(key) if key.isascii() and key.isdigit() and str(int(key)) == key else key
 
 
 def task_name(value: str) -> str:

@@ -200,6 +200,9 @@ def run_fairseq(command: List[str], env: Dict[str, str], who: str) -> int:
             sys.stderr.buffer.write(chunk)
             sys.stderr.buffer.flush()
             kept = (kept + chunk)[-KEPT_OUTPUT:]
+    except BaseException:  # Ctrl-C, or our own error output gone: the run would block on its full pipe
+        process.kill()
+        raise
     finally:
         status = process.wait()
         process.stderr.close()

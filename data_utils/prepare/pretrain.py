@@ -118,7 +118,7 @@ def unified_row(kind: InputKind, fields: List[str], name: str, where: str) -> Op
     return uniq_id, media, checked_captions(text, where), "", "", objects, name, kind.type
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # what an image field may name
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
 MEDIA_SUFFIXES = {"image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES, "audio": AUDIO_SUFFIXES}
@@ -134,20 +134,38 @@ def other_kind_hint(kind: InputKind, fields: List[str]) -> str:
     return f" (is it a file of another kind? {options_of_kinds(others)} read {len(fields)} columns)" if others else ""
 
 
+def names_media(field: str, medium: str) -> bool:
+    """Whether a field names (or, for images, holds) media of ``medium``: a file with one of its suffixes, or an
+    image's base64."""
+    text = field.strip()
+    return text.lower().endswith(MEDIA_SUFFIXES[medium]) or (
+        medium == "image" and len(text) > 64 and base64_bytes(text) is not None)  # no image is that small
+
+
+# Suffixes a file of another medium may also have: animated GIFs are videos too, and mp4/webm/mkv/mov files
+# often carry sound only (AudioSet's YouTube downloads)
+SHARED_SUFFIXES = {"video": (".gif",), "audio": (".mp4", ".webm", ".mkv", ".mov", ".m4v")}
+
+
 def check_first_row(kind: InputKind, fields: List[str], where: str) -> None:
-    """Refuses a first row that looks like one of another kind of file: more columns than ``kind``'s, exactly as
-    many as another kind's (a VQA file given as --caption reads its objects column as the images), or a media
-    path naming a file of another medium (an image given as --video-caption reads as a one-frame video)."""
-    if len(fields) > len(kind.columns) and other_kind_hint(kind, fields):
-        raise PrepareError(f"{where}: {len(fields)} columns where a file of this kind has {len(kind.columns)} "
-                           f"({', '.join(kind.columns)}){other_kind_hint(kind, fields)}")
-    media = fields[len(kind.columns) - 1].strip().lower()
-    medium = kind.columns[-1]
+    """Refuses a first row that reads as one of another kind of file: its media column names no media but the
+    column another kind with as many columns reads does (a VQA file given as --caption reads its objects column
+    as the images), or its media path names a file of another medium (an image caption file given as
+    --video-caption reads as one-frame videos)."""
+    medium, media = kind.columns[-1], fields[len(kind.columns) - 1]
+    if len(fields) > len(kind.columns) and not names_media(media, medium):
+        fitting = [name for name, other in INPUT_KINDS.items() if other != kind and len(other.columns) == len(fields)
+                   and names_media(fields[len(other.columns) - 1], other.columns[-1])]
+        if fitting:
+            raise PrepareError(f"{where}: {len(fields)} columns where a file of this kind has {len(kind.columns)} "
+                               f"({', '.join(kind.columns)}), and column {len(fields)} holds the media: is it a file of "
+                               f"{options_of_kinds(fitting)}?")
+    name = media.strip().lower()
     for other, suffixes in MEDIA_SUFFIXES.items():
-        if other != medium and media.endswith(suffixes):
-            kinds = [name for name, candidate in INPUT_KINDS.items() if candidate.columns[-1] == other]
-            raise PrepareError(f"{where}: the {medium} field names a file of {other} ({fields[len(kind.columns) - 1]}"
-                               f"): is it a file of {options_of_kinds(kinds)}?")
+        if other != medium and name.endswith(suffixes) and not name.endswith(SHARED_SUFFIXES.get(medium, ())):
+            kinds = [option for option, candidate in INPUT_KINDS.items() if candidate.columns[-1] == other]
+            raise PrepareError(f"{where}: the {medium} field names a file of {other} ({media.strip()}): is it a file "
+                               f"of {options_of_kinds(kinds)}?")
 
 
 class InputFile:

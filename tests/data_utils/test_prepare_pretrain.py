@@ -294,8 +294,8 @@ def test_an_input_of_another_kind_is_named_as_such(corpus, tmp_path):
     """A VQA file given as --caption failed on "empty image field"; an image caption file given as
     --video-caption became a stream of one-frame videos."""
     with pytest.raises(PrepareError, match=r"vqa_train.tsv:1: 6 columns where a file of this kind has 5 \(id, "
-                                           r"image-id, caption, objects, image\) \(is it a file of another kind\? "
-                                           r"--vqa or --video-qa read 6 columns\)"):
+                                           r"image-id, caption, objects, image\), and column 6 holds the media: is it "
+                                           r"a file of --vqa\?"):
         prepare_pretraining(tmp_path / "out", "image", "train", [("caption", corpus / "vqa_train.tsv")])
     no_objects = write_lines(tmp_path / "vqa_bare.tsv", ["1\t0\twhat colour?\t1.0|!+red\t\t"])
     with pytest.raises(PrepareError, match=r"vqa_bare.tsv:1: empty image field \(is it a file of another kind\? "
@@ -310,3 +310,11 @@ def test_an_input_of_another_kind_is_named_as_such(corpus, tmp_path):
                                            r"of --video-caption or --video-qa\?"):
         prepare_pretraining(tmp_path / "out", "image", "train", [("caption", videos)])
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    # what the loaders read is accepted: a GIF video (TGIF-QA), sound in an mp4, an extra column after the media
+    accepted = [("video-qa", "0\t0\twhat moves?\t1.0|!+dog\t-\ttgif/1.gif"),
+                ("audio-caption", "0\t0\ta dog barks\t-\taudioset/x.mp4"),
+                ("caption", "0\t0\ta red circle\t-\timages/1.jpg\tsource=web")]
+    for number, (kind, line) in enumerate(accepted):
+        path = write_lines(tmp_path / f"accepted{number}.tsv", [line])
+        stream = {"video-qa": "video", "audio-caption": "audio", "caption": "image"}[kind]
+        prepare_pretraining(tmp_path / f"out{number}", stream, "train", [(kind, path)])

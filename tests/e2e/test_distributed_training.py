@@ -94,3 +94,27 @@ def test_two_ranks_train_and_validate_as_one_process_would(tmp_path):
     assert batch == 5  # the 5 validation captions were all scored, though rank 1 got none of them
     assert (loss, cider, batch) == validation(single.stderr + single.stdout)
     assert cider > 0
+
+
+def test_a_rank_whose_validation_batch_is_all_bad_rows_keeps_step_with_the_other(tmp_path):
+    """--skip-bad-rows with two ranks: rank 1's only validation batch is four bad rows while rank 0 scores four
+    good ones. Every rank must log the same keys at each step (fairseq sums them in one buffer): a batch of counts
+    only made the ranks' buffers differ (gloo aborted; NCCL would hang). The bad batch is now run as a stand-in
+    whose logs are zeroed but for the count."""
+    corpus = tmp_path / "data"
+    write_demo_corpus(corpus, seed=5, num_images=(8, 12, 2), modalities=("image",))
+    valid = corpus / "caption_valid.tsv"
+    rows = [line.split("\t") for line in valid.read_text().splitlines()]
+    assert len(rows) == 12
+    for row in rows[4:8]:  # the second batch of four: rank 1's
+        row[-1] = "bm90IGFuIGltYWdl"  # base64 of "not an image"
+    valid.write_text("".join("\t".join(row) + "\n" for row in rows))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    train = [str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir", str(tmp_path / "run"),
+             "--distributed-init-method", f"tcp://127.0.0.1:{free_port()}"] + OPTIONS + TRAIN_OPTIONS + [
+             "--skip-bad-rows", "--batch-size", "4", "--max-update", "2", "--no-save"]
+    log = run_ranks([train + ["--distributed-rank", str(rank)] for rank in range(2)], tmp_path, env)[0]
+    line = [line for line in log.splitlines() if "valid on 'valid' subset" in line][-1]
+    assert "| skipped_rows 4 |" in line
+    assert float(re.search(r"\| bsz ([\d.]+)", line).group(1)) == 4  # rank 0's two batches of 4, over 2 steps
+    assert "| cider " in line

@@ -111,8 +111,15 @@ def test_bad_rows_are_skipped_and_counted_on_request(tmp_path):
     criterion = lambda model, sample: (torch.zeros(()), len(sample["id"]), {})  # noqa: E731
     _, size, logged = task.valid_step(valid.collater([valid[i] for i in range(5)]), torch.nn.Identity(), criterion)
     assert size == 2 and logged["num_skipped"] == 3
-    _, size, logged = task.valid_step(valid.collater([valid[i] for i in (2, 3)]), torch.nn.Identity(), criterion)
+    real = valid.collater([valid[i] for i in (0, 1)])
+    stand_in = valid.collater([valid[i] for i in (2, 3)])
+    _, size, logged = task.valid_step(stand_in, torch.nn.Identity(), criterion)
     assert size == 0 and logged["num_skipped"] == 2
+    counted = lambda model, sample: (torch.ones(()), 1, {"loss": torch.tensor(2.0), "ntokens": 7})  # noqa: E731
+    _, _, real_logged = task.valid_step(real, torch.nn.Identity(), counted)
+    _, size, logged = task.valid_step(stand_in, torch.nn.Identity(), counted)
+    assert set(logged) == set(real_logged)  # the same keys as a real batch (ranks sum them in one buffer), zeroed
+    assert size == 0 and float(logged["loss"]) == 0 and logged["ntokens"] == 0 and logged["num_skipped"] == 2
 
 
 class _NoMetrics:

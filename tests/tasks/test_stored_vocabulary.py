@@ -99,3 +99,36 @@ def test_the_answer_list_is_logged_once(corpus, caplog):
     with caplog.at_level(logging.INFO):
         setup_task(VqaGenTask, VqaGenConfig, corpus, prefix="vqa")
     assert caplog.text.count("answer list: ") == 1
+
+
+def test_a_checkpoints_dict_file_that_is_gone_is_replaced_by_the_stored_vocabulary(corpus, tmp_path, gpt2_bpe_dir):
+    """load_model_ensemble_and_task builds the task from the checkpoint's own options, whose --dict-file may be on
+    another machine."""
+    trained = setup_task(CaptionTask, CaptionConfig, corpus, prefix="caption", eval_cider=False,
+                         dict_file=str(gpt2_bpe_dir / "dict.txt"))
+    moved = CaptionConfig(data=str(corpus), tsv_prefix="caption", patch_image_size=32, eval_cider=False,
+                          dict_file=str(tmp_path / "gone" / "dict.txt"))
+    task = CaptionTask.setup_task(moved, from_checkpoint=True)
+    task.load_state_dict(trained.state_dict())
+    assert task.dictionary.symbols == trained.dictionary.symbols
+    with pytest.raises(FileNotFoundError, match="gone/dict.txt"):
+        CaptionTask.setup_task(moved)  # given on the command line: the user's mistake, said at once
+    orphan = CaptionTask.setup_task(moved, from_checkpoint=True)
+    orphan.load_state_dict({})
+    with pytest.raises(FileNotFoundError, match=r"gone/dict.txt \(the checkpoint's training option\) not found; the "
+                                                r"checkpoint does not store its vocabulary"):
+        orphan.build_model(None, from_checkpoint=True)
+
+
+def test_an_ensemble_of_models_with_different_vocabularies_is_refused(corpus, tmp_path):
+    trained = caption_task(corpus)
+    other = only_splits(corpus, tmp_path / "other", "caption")
+    shutil.copy(corpus / "caption_valid.tsv", other / "caption_train.tsv")
+    second = caption_task(other)
+    task = caption_task(corpus)
+    task.load_state_dict(trained.state_dict())
+    task.model_built = True  # as build_model leaves it (fairseq-generate --path a.pt:b.pt builds a's model first)
+    task.load_state_dict(trained.state_dict())  # the same vocabulary: fine
+    with pytest.raises(ValueError, match=r"the checkpoint was trained with another vocabulary than a model already "
+                                         r"built with this task \(\d+ and \d+ symbols"):
+        task.load_state_dict(second.state_dict())

@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+from fairseq import metrics
 from task_files import build_tiny_model
 
 from unival.criterions.adjust_label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropyCriterion
@@ -174,6 +175,18 @@ def test_a_mixed_batch_runs_once_and_each_stream_loss_is_normalised_on_its_own(s
     assert float(loss) == pytest.approx(sum(expected.values()), rel=1e-4)
     # not the loss over all tokens together
     assert float(loss) != pytest.approx(float(logging_output["nll_loss"]) / logging_output["loss_tokens"], rel=0.1)
+    # a batch of one stream (as validation's are) logs every stream's keys, the absent ones with count 0: ranks
+    # sum their logs in one buffer, so the keys must not depend on which stream a rank's batch is from
+    image_only = mixture.collater([(stream, item) for stream, item in items if stream == 0])
+    with torch.no_grad():
+        _, _, alone_logged = criterion(model, image_only)
+    assert {key for key in alone_logged if key.startswith("_stream_")} == \
+        {key for key in logging_output if key.startswith("_stream_")}
+    assert [alone_logged[f"_stream_{name}_count"] for name in ("image", "video", "audio")] == [1, 0, 0]
+    assert float(alone_logged["_stream_video_loss"]) == 0.0
+    with metrics.aggregate() as aggregated:
+        criterion.reduce_metrics([alone_logged])
+    assert "loss_image" in aggregated.get_smoothed_values() and "loss_video" not in aggregated.get_smoothed_values()
 
 
 def test_bad_rows_name_file_and_line_or_are_skipped_and_counted(streams, tmp_path):

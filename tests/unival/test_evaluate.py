@@ -283,10 +283,10 @@ def test_vqa_answers_are_normalised_as_the_official_evaluation_does(tmp_path):
 
 def test_saved_predictions_write_numeric_ids_as_numbers(tmp_path):
     from unival.evaluate import EVALUATORS, save_predictions
-    save_predictions(str(tmp_path / "p.json"), {"262148000": "yes", "0": "no", "007": "two", "q4": "three"},
-                     EVALUATORS["vqa_gen"])
+    save_predictions(str(tmp_path / "p.json"), {"262148000": "yes", "0": "no", "007": "two", "q4": "three",
+                                                "\u00b2": "four"}, EVALUATORS["vqa_gen"])
     saved = json.loads((tmp_path / "p.json").read_text())
-    assert [item["question_id"] for item in saved] == [262148000, 0, "007", "q4"]  # the official format's ints
+    assert [item["question_id"] for item in saved] == [262148000, 0, "007", "q4", "\u00b2"]  # the official ints
 
 
 def test_vqa_accuracy_of_generate_output_by_row(tmp_path):

@@ -4,6 +4,7 @@ that fairseq's own parser accepts; `unival train` passes paths and extra options
 import os
 import re
 import sys
+import time
 
 import pytest
 from fairseq import options
@@ -150,6 +151,23 @@ def test_a_failed_run_ends_with_the_reason_its_traceback_ends_with(tmp_path, cap
     assert "progress 1\rprogress 2\r" in err  # passed through as it came
     assert err.endswith("unival train: fairseq-train stopped: split 'valid': data/valid.tsv not found "
                         "(FileNotFoundError)\n")
+    # when its own error output goes away (a closed pipe, Ctrl-C), the run is stopped, not left blocked on its pipe
+    script.write_text("import sys, time\nsys.stderr.write('x' * 200000)\ntime.sleep(60)\n")
+
+    class Gone:
+        class buffer:
+            @staticmethod
+            def write(chunk):
+                raise BrokenPipeError(32, "Broken pipe")
+
+    real, sys.stderr = sys.stderr, Gone()
+    started = time.monotonic()
+    try:
+        with pytest.raises(BrokenPipeError):
+            run_fairseq([sys.executable, str(script)], dict(os.environ), "unival train")
+    finally:
+        sys.stderr = real
+    assert time.monotonic() - started < 30
     script.write_text("print('fine')\n")
     assert run_fairseq([sys.executable, str(script)], dict(os.environ), "unival train") == 0
     assert "stopped" not in capsys.readouterr().err
