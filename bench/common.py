@@ -86,6 +86,10 @@ def setup(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda given but torch sees no CUDA device")
+    if device.type == "cuda" and args.dtype == "fp32":
+        # float32 means float32 here: torch runs cuDNN's float32 convolutions in TF32 by default (matrix products
+        # not), which would time most of a step at TF32 speed against a float32 peak
+        full_float32_on_cuda()
     if device.type == "cpu" and args.dtype == "fp16":
         raise ValueError("--dtype fp16 needs --device cuda (CPU autocast runs bf16)")
     if device.type == "cpu" and not args.allow_emulated_bf16:
@@ -186,12 +190,29 @@ def onednn_linear_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) 
     return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * weight_shape[0]
 
 
+def cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU's fused attention: its two products, Q K^T and the weights times V."""
+    from torch.utils.flop_counter import sdpa_flop_count
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def cpu_attention_backward_flops(grad_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                 **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+    return sdpa_backward_flop_count(grad_shape, query_shape, key_shape, value_shape)
+
+
 def count_flops(run: Callable[[], object]) -> int:
     """FLOPs of one call of ``run`` (matrix products, convolutions, attention), by torch's counter, which is
-    taught oneDNN's linear product (models/cpu_linear.py)."""
+    taught oneDNN's linear product (models/cpu_linear.py) and the CPU's fused attention kernel (what
+    scaled_dot_product_attention runs without gradients: 2-3% of a generation's FLOPs went uncounted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     extra = {torch.ops.mkldnn._linear_pointwise: onednn_linear_flops} if cpu_linear.onednn_available() else {}
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", cpu_attention_flops),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", cpu_attention_backward_flops)):
+        if hasattr(torch.ops.aten, name):
+            extra[getattr(torch.ops.aten, name)] = formula
     counter = FlopCounterMode(display=False, custom_mapping=extra)
     with counter:
         run()
@@ -279,6 +300,12 @@ def speedup(reference_s: Optional[float], ours_s: float) -> Optional[float]:
     return None if reference_s is None else reference_s / ours_s
 
 
+def full_float32_on_cuda() -> None:
+    """Float32 products and convolutions on CUDA in full float32, not TF32 (torch's default for convolutions)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def environment(args: argparse.Namespace, device: torch.device) -> Dict:
     from unival.allocator import active_allocator
     from unival.memory import freed_memory_kept
@@ -289,6 +316,7 @@ def environment(args: argparse.Namespace, device: torch.device) -> Dict:
             "allocator": active_allocator(), "freed_memory_kept": freed_memory_kept()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "conv": torch.backends.cudnn.allow_tf32}
     else:
         info.update(cpu=cpu_description(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
                     cpu_bfloat16=native_bfloat16_cpu(), cpu_linear=cpu_linear.backend())

@@ -235,3 +235,20 @@ def test_run_all_refuses_an_unknown_allocator(bench, capsys):
     with pytest.raises(SystemExit):
         bench("run_all").main(["--malloc", "mimalloc", "--skip-data"])
     assert "--malloc mimalloc: expected one of auto, tcmalloc, jemalloc, glibc" in capsys.readouterr().err
+
+
+def test_flop_count_includes_the_cpus_fused_attention(bench):
+    """Without gradients, scaled_dot_product_attention runs a fused CPU kernel that torch's counter does not know:
+    the attention of every generation step went uncounted."""
+    import torch
+    import torch.nn.functional as F
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 7, 8), torch.randn(2, 4, 7, 8)
+    with torch.no_grad():
+        flops = bench("common").count_flops(lambda: F.scaled_dot_product_attention(q, k, v))
+    assert flops == 2 * (2 * 2 * 4 * 5 * 7 * 8)  # q k^T and its product with v
+
+
+def test_reference_figures_apply_only_with_their_thread_count(bench):
+    module = bench("train_step")
+    assert module.is_reference_shape(module.parse_args([]))
+    assert not module.is_reference_shape(module.parse_args(["--threads", "1"]))
