@@ -172,6 +172,11 @@ def placeholder_dictionary(size: int, pad: int = 1) -> Dictionary:
     return dictionary
 
 
+def is_placeholder(dictionary: Dictionary) -> bool:
+    """Whether ``dictionary`` is a :func:`placeholder_dictionary` (a model built without its vocabulary)."""
+    return len(dictionary) > dictionary.nspecial and dictionary[len(dictionary) - 1] == f"<symbol_{len(dictionary) - 1}>"
+
+
 def _check_derived_buffers(state: Dict[str, torch.Tensor], cfg: UnivalConfig) -> None:
     expected = {
         "token_rp_bucket": lambda max_positions: token_relative_buckets(cfg.token_bucket_size, max_positions),
@@ -235,6 +240,12 @@ def load_strict(model: torch.nn.Module, weights: Dict[str, torch.Tensor], source
 
 def build_from_checkpoint(state: Dict[str, Any], ema: bool = False, dictionary: Optional[Dictionary] = None,
                           source: str = "checkpoint") -> Tuple[UnivalModel, UnivalConfig]:
+    """(model, its configuration) of a checkpoint already read (``read_checkpoint``, or the merged state of
+    ``merge_checkpoints``), its weights loaded strictly; the model is in training mode (``.eval()`` to predict).
+    ``ema``, ``dictionary``: as for :func:`load_checkpoint`; ``source`` names the checkpoint in errors."""
+    if isinstance(dictionary, (str, Path)):
+        from unival.data_utils.vocab import load_dictionary
+        dictionary = load_dictionary(str(dictionary))
     cfg = checkpoint_config(state, source)
     weights = model_state_from_checkpoint(state, cfg, ema, source)
     vocab_size = weights["encoder.embed_tokens.weight"].shape[0]
@@ -277,8 +288,9 @@ def load_checkpoint(path: Union[str, Path], ema: bool = False, dictionary: Optio
     """Builds the model stored in ``path`` in eval mode: an original UnIVAL checkpoint, one written by
     ``fairseq-train`` with this plugin, or a folder written by ``unival convert``.
 
-    ``ema`` picks the exponential-moving-average weights; ``dictionary`` (optional) is the vocabulary the
-    model was trained with, for decoding text; without it a placeholder of the right size is used.
+    ``ema`` picks the exponential-moving-average weights; ``dictionary`` (optional; a fairseq ``Dictionary`` or
+    the path of a ``dict.txt``) is the vocabulary the model was trained with, for decoding text; without it the
+    vocabulary the checkpoint stores is used, else a placeholder of the right size.
     """
     return load_checkpoint_and_task_options(path, ema, dictionary, allow_unsafe)[0]
 
@@ -291,6 +303,12 @@ def load_checkpoint_and_task_options(path: Union[str, Path], ema: bool = False,
     ``unival convert`` made without them."""
     if Path(path).is_dir():
         from unival.convert import load_safetensors, stored_folder_task_options
+        if ema:
+            raise CheckpointError(f"ema=True but {path} is a folder of `unival convert`, which holds one set of "
+                                  f"weights (`unival convert --ema` exports the EMA ones)")
+        if isinstance(dictionary, (str, Path)):
+            from unival.data_utils.vocab import load_dictionary
+            dictionary = load_dictionary(str(dictionary))
         return load_safetensors(path, dictionary=dictionary), stored_folder_task_options(path)
     state = read_checkpoint(path, allow_unsafe=allow_unsafe)
     model, _ = build_from_checkpoint(state, ema=ema, dictionary=dictionary, source=str(path))

@@ -11,8 +11,8 @@ from typing import Any, Dict, Optional, Union
 from fairseq.data import Dictionary
 from safetensors.torch import load_model, save_model
 
-from unival.checkpoint import (CheckpointError, build_from_checkpoint, placeholder_dictionary, read_checkpoint,
-                               stored_task_options, stored_vocabulary)
+from unival.checkpoint import (CheckpointError, build_from_checkpoint, is_placeholder, placeholder_dictionary,
+                               read_checkpoint, stored_task_options, stored_vocabulary)
 from unival.data_utils.files import atomic_write, creation_mode, written_beside
 from unival.data_utils.vocab import load_dictionary, save_dictionary, vocabulary_difference
 from unival.models.unival import UnivalConfig, UnivalModel
@@ -33,6 +33,8 @@ def export_safetensors(model: UnivalModel, out_dir: Union[str, Path],
     valid ``--dict-file``) where given; returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if vocabulary is None and not is_placeholder(model.encoder.dictionary):
+        vocabulary = model.encoder.dictionary  # the model was built with its vocabulary: it travels along
     if vocabulary is not None:
         if len(vocabulary) != len(model.encoder.dictionary):
             raise CheckpointError(f"the vocabulary has {len(vocabulary)} symbols, the model "

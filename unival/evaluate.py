@@ -18,7 +18,7 @@ from unival.data_utils.prepare.vqa import normalize_answer
 from unival.data_utils.transforms import bins_to_box, parse_box
 from unival.data_utils.tsv import TSVReader
 from unival.metrics import CAPTION_METRICS, DEFAULT_JAVA_TIMEOUT, check_same_ids, score_captions
-from unival.task_metrics import entailment_accuracy, grounding_accuracy
+from unival.task_metrics import entailment_accuracy, entailment_label, grounding_accuracy
 from unival.tasks.base import INPUT_OPTIONS
 from unival.tasks.caption import REFERENCE_SEPARATOR
 from unival.tasks.refcoco import bins_from_text
@@ -255,17 +255,6 @@ def score_captions_of(predictions: Mapping, references: Mapping, args) -> Dict:
 
 
 # ---- answers (VQA, entailment) and boxes (grounding): references are a column of the task's TSV ------------
-
-ENTAILMENT_LABELS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe",
-                     "yes": "yes", "no": "no", "maybe": "maybe"}
-
-
-def entailment_label(text: str) -> str:
-    label = ENTAILMENT_LABELS.get(text.strip().lower())
-    if label is None:
-        raise ValueError(f"label {text!r} is not one of {', '.join(ENTAILMENT_LABELS)}")
-    return label
-
 
 def tsv_column(path: str, id_kind: str, column: int, parse: Callable[[str], object],
                id_columns: Mapping[str, int]) -> Dict[str, object]:

@@ -37,7 +37,11 @@ def build_task(name: str, data: str, argv: Sequence[str] = ()):
     from unival.train import plugin_dir
 
     parser = options.get_generation_parser(default_task=name)
-    args = options.parse_args_and_arch(parser, input_args=[data, "--task", name, "--user-dir", plugin_dir(), *argv])
+    try:
+        args = options.parse_args_and_arch(parser, input_args=[data, "--task", name, "--user-dir", plugin_dir(),
+                                                                *argv])
+    except SystemExit as err:  # argparse has printed why; a library call must not end the program
+        raise ValueError(f"the options of task {name!r} were refused (see the message above): {list(argv)}") from err
     cfg = convert_namespace_to_omegaconf(args)
     return tasks.setup_task(cfg.task)
 
@@ -75,7 +79,18 @@ def overridden(cfg, **values):
 def generate_split(model, task, split: str, batch_size: int = 16,
                    **options) -> Tuple[Dict[str, object], Dict[str, object]]:
     """Predicts every sample of ``split`` with ``task.predict``: returns (predictions, references), both keyed by
-    sample id. ``options`` override the task's own for this call (``eval_beam=5, eval_max_len=16``)."""
+    sample id. ``options`` override the task's own for this call (``eval_beam=5, eval_max_len=16``). A model built
+    with its vocabulary (``unival.load_checkpoint`` of a checkpoint that stores it) gives it to the task."""
+    from unival.checkpoint import is_placeholder
+
+    vocabulary = getattr(getattr(model, "encoder", None), "dictionary", None)
+    own = getattr(task, "target_dictionary", None)
+    if vocabulary is not None and own is not None:
+        if len(vocabulary) != len(own):
+            raise ValueError(f"the model's vocabulary has {len(vocabulary)} symbols but the task's has {len(own)}: "
+                             f"give the task the --dict-file the model was trained with")
+        if not is_placeholder(vocabulary):
+            task.adopt_vocabulary(vocabulary, "the model")
     task.adopt_model(model)
     task.load_dataset(split)
     dataset = task.dataset(split)

@@ -31,6 +31,8 @@ WEIGHT_SUM_TOLERANCE = 1e-6
 
 @dataclasses.dataclass
 class MergeReport:
+    """What ``merge_checkpoints`` did to the tensors of the first checkpoint."""
+
     interpolated: int = 0  # floating-point tensors combined
     identical: int = 0  # floating-point tensors equal in every checkpoint, kept bit for bit
     integer_differing: List[str] = dataclasses.field(default_factory=list)  # kept from the first checkpoint
@@ -43,6 +45,8 @@ def interpolation_weights(weights: Optional[Sequence[float]], count: int) -> Lis
         raise ValueError(f"merging needs at least two checkpoints, got {count}")
     if weights is None:
         return [1.0 / count] * count
+    if isinstance(weights, (int, float)):  # merge_checkpoints([a, b], 0.3): lambda and 1 - lambda
+        weights = [weights]
     weights = [float(value) for value in weights]
     if count == 2 and len(weights) == 1:
         weights = [weights[0], 1.0 - weights[0]]
@@ -107,6 +111,8 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
     weights each checkpoint holds. Floating-point tensors are summed in float32 (float64 ones in float64) and
     stored in the first checkpoint's precision; tensors equal in every checkpoint and integer ones (BatchNorm
     counters, position buckets) are the first's. Checkpoints are read one at a time."""
+    if isinstance(paths, (str, Path)):
+        raise TypeError(f"merge_checkpoints takes a list of checkpoint paths, got the single path {str(paths)!r}")
     weights = interpolation_weights(weights, len(paths))
     sources = [str(path) for path in paths]
     first = read_checkpoint(paths[0], allow_unsafe=allow_unsafe)

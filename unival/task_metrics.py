@@ -52,6 +52,7 @@ def grounding_accuracy(predicted: Tensor, ground_truth: Tensor, threshold: float
     """Acc@``threshold`` in percent of (N, 4) predicted boxes against their ground truth (original pixels):
     ``{"accuracy": %, "count": N, "accuracy_small": %, "count_small": n, ...}``; a size bucket without boxes is
     left out (see :func:`box_size_bucket` for the buckets)."""
+    predicted, ground_truth = torch.as_tensor(predicted), torch.as_tensor(ground_truth)
     hits = grounding_hits(predicted, ground_truth, threshold)
     summary = {"accuracy": percent(int(hits.sum()), len(hits)), "count": len(hits)}
     buckets = [box_size_bucket(box) for box in ground_truth.tolist()]
@@ -70,11 +71,25 @@ def percent(hits: int, count: int) -> float:
 
 # ---- visual entailment --------------------------------------------------------------------------------------
 
+ENTAILMENT_LABELS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe",
+                     "yes": "yes", "no": "no", "maybe": "maybe"}
+
+
+def entailment_label(text: str) -> str:
+    """yes / no / maybe of an answer or label, in any case, also given as SNLI's entailment / contradiction /
+    neutral; ValueError for anything else."""
+    label = ENTAILMENT_LABELS.get(text.strip().lower())
+    if label is None:
+        raise ValueError(f"label {text!r} is not one of {', '.join(ENTAILMENT_LABELS)}")
+    return label
+
+
 def entailment_accuracy(predictions: Sequence[str], labels: Sequence[str]) -> float:
-    """Percentage of predicted answers (yes / no / maybe) equal to their label."""
+    """Percentage of predicted answers equal to their label, both read by :func:`entailment_label`."""
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
-    return percent(sum(answer.strip() == label.strip() for answer, label in zip(predictions, labels)), len(labels))
+    hits = sum(entailment_label(answer) == entailment_label(label) for answer, label in zip(predictions, labels))
+    return percent(hits, len(labels))
 
 
 # ---- validation logging -------------------------------------------------------------------------------------

@@ -132,3 +132,29 @@ def test_an_ensemble_of_models_with_different_vocabularies_is_refused(corpus, tm
     with pytest.raises(ValueError, match=r"the checkpoint was trained with another vocabulary than a model already "
                                          r"built with this task \(\d+ and \d+ symbols"):
         task.load_state_dict(second.state_dict())
+
+
+def test_generate_split_gives_the_task_the_models_vocabulary(corpus, tmp_path, caplog):
+    """The Python API: a model loaded with its stored vocabulary, a task built otherwise (a fairseq shape error
+    deep in the generator before)."""
+    from fairseq.data import Dictionary
+
+    from unival.generate import build_task, generate_split
+
+    task = caption_task(corpus)
+    shuffled = Dictionary()
+    for symbol in task.dictionary.symbols[shuffled.nspecial:]:
+        shuffled.add_symbol(symbol)
+    shuffled.symbols[4], shuffled.symbols[5] = shuffled.symbols[5], shuffled.symbols[4]  # same size, two ids swapped
+    shuffled.indices = {symbol: index for index, symbol in enumerate(shuffled.symbols)}
+    model = build_tiny_model(shuffled)
+    with caplog.at_level(logging.WARNING):
+        predictions, _ = generate_split(model, task, "test", batch_size=4, eval_beam=1, eval_max_len=3)
+    assert len(predictions) == len(task.dataset("test")) and task.dictionary.symbols == shuffled.symbols
+    assert "differs from the vocabulary the model was trained with, which the model holds" in caplog.text
+    smaller = build_tiny_model(Dictionary())
+    with pytest.raises(ValueError, match=r"the model's vocabulary has 4 symbols but the task's has \d+: give the "
+                                         r"task the --dict-file"):
+        generate_split(smaller, task, "test")
+    with pytest.raises(ValueError, match=r"the options of task 'caption' were refused"):
+        build_task("caption", str(corpus), ["--patch-image-sz", "96"])

@@ -65,3 +65,25 @@ def test_merge_refuses_checkpoints_of_different_vocabularies(tmp_path):
                                          r"is 'w1_4' in one, 'w3_4' in the other\)"):
         cli_main(["merge", str(first), str(other), "--out", str(tmp_path / "refused.pt")])
     assert not (tmp_path / "refused.pt").exists()
+
+
+def test_python_api_edges(tmp_path):
+    """What a Python user passes: a dict.txt path as the dictionary, a folder with ema=True, a single lambda, a
+    single path; and export_safetensors keeps the vocabulary of a model built with it."""
+    from unival.convert import export_safetensors
+    from unival.data_utils.vocab import save_dictionary
+
+    path = with_vocabulary(write_checkpoint(tmp_path / "a.pt", seed=1, vocabulary=SIZE), symbols(1))
+    model = unival.load_checkpoint(path)
+    save_dictionary(model.encoder.dictionary, str(tmp_path / "dict.txt"))
+    assert unival.load_checkpoint(path, dictionary=tmp_path / "dict.txt").encoder.dictionary.symbols == symbols(1)
+    export_safetensors(model, tmp_path / "exported")  # from Python: no vocabulary argument
+    assert unival.load_checkpoint(tmp_path / "exported").encoder.dictionary.symbols == symbols(1)
+    with pytest.raises(CheckpointError, match=r"ema=True but .*exported is a folder of `unival convert`, which holds "
+                                              r"one set of weights"):
+        unival.load_checkpoint(tmp_path / "exported", ema=True)
+    second = with_vocabulary(write_checkpoint(tmp_path / "b.pt", seed=2, vocabulary=SIZE), symbols(1))
+    merged, _ = unival.merge_checkpoints([path, second], 0.25)
+    assert merged["merged_from"][0]["weight"] == 0.25 and merged["merged_from"][1]["weight"] == 0.75
+    with pytest.raises(TypeError, match="a list of checkpoint paths, got the single path"):
+        unival.merge_checkpoints(str(path))

@@ -81,3 +81,11 @@ def test_logged_metrics_of_ranks_summed_into_tensors():
     values = aggregated.get_smoothed_values()
     assert values["acc"] == 37.5 and values["cider"] == 75.0 and "empty" not in values
     assert summed(logs, "_acc_count") == 8.0 and not torch.is_tensor(summed(logs, "_acc_count"))
+
+
+def test_entailment_labels_and_grounding_boxes_as_a_user_passes_them():
+    from unival.task_metrics import entailment_accuracy, grounding_accuracy
+    assert entailment_accuracy(["yes", "No", " maybe", "Entailment"], ["yes", "no", "neutral", "yes"]) == 100.0
+    with pytest.raises(ValueError, match="label 'banana' is not one of"):
+        entailment_accuracy(["banana"], ["yes"])
+    assert grounding_accuracy([[0, 0, 10, 10]], [[0, 0, 10, 10]])["accuracy"] == 100.0  # lists, not tensors
