@@ -8,7 +8,7 @@ import logging
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Set
 
 import torch
 from fairseq import metrics
@@ -160,6 +160,7 @@ class UnivalTask(FairseqTask):
         self.vocabulary_source = vocabulary_source
         self.missing_vocabulary = missing_vocabulary
         self.model_built = False  # a model holds the dictionary: a checkpoint may no longer replace it
+        self.evaluated_splits: Set[str] = set()  # splits loaded to be predicted or scored (see is_training_split)
         self._bfloat16_cpu_checked = False  # --autocast-bf16 on a CPU: its bfloat16 support checked yet?
         if missing_vocabulary is None:
             self.vocabulary_ready()
@@ -330,10 +331,14 @@ class UnivalTask(FairseqTask):
         audio encoder was built for). fairseq-train and fairseq-generate call it through ``build_model``;
         ``generate_split`` calls it for models loaded outside the task."""
 
-    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, task_cfg=None, **kwargs) -> None:
-        """``task_cfg``: the task options saved in the checkpoint (fairseq-generate passes them); a data option
-        that differs from the model's training is warned about, naming both values."""
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, task_cfg=None, evaluation: bool = False,
+                     **kwargs) -> None:
+        """``task_cfg``: the task options saved in the checkpoint (fairseq-generate and fairseq-validate pass
+        them); a data option that differs from the model's training is warned about, naming both values. With it,
+        or ``evaluation``, the split is read as for evaluation even if it is the training split (see
+        ``is_training_split``)."""
         self.require_vocabulary()
+        self.note_evaluation(split, task_cfg is not None or evaluation)
         if task_cfg is not None:
             self.warn_about_training_options(task_cfg)
         path = self.split_path(self.cfg, split)
@@ -343,6 +348,18 @@ class UnivalTask(FairseqTask):
 
     def build_dataset(self, split: str, reader: TSVReader):
         raise NotImplementedError
+
+    def note_evaluation(self, split: str, evaluation: bool) -> None:
+        if evaluation:
+            self.evaluated_splits.add(split)
+        else:
+            self.evaluated_splits.discard(split)
+
+    def is_training_split(self, split: str) -> bool:
+        """Whether ``split`` is read for training (shuffled, augmented, a bad row replaced by another): the
+        training split, unless it was loaded to be predicted or scored (``fairseq-generate --gen-subset train``,
+        ``unival evaluate --split train``), which then sees every row once, unaugmented."""
+        return split == self.cfg.train_subset and split not in self.evaluated_splits
 
     input_options = INPUT_OPTIONS  # those that reach this task's model
 
@@ -384,7 +401,7 @@ class UnivalTask(FairseqTask):
     def media_dataset_arguments(self, split: str, reader: TSVReader) -> Dict[str, Any]:
         """Keyword arguments of a :class:`MediaTextDataset` for ``split``: shuffled with random augmentation in
         training, in file order and deterministic otherwise."""
-        training = split == self.cfg.train_subset
+        training = self.is_training_split(split)
         return dict(split=split, reader=reader, dictionary=self.dictionary, bpe=self.bpe, data_dir=self.media_dir,
                     seed=self.cfg.seed, skip_bad_rows=self.cfg.skip_bad_rows, max_src_length=self.cfg.max_src_length,
                     max_tgt_length=self.cfg.max_tgt_length, shuffle=training, load_media=self.media_loader(training),

@@ -81,7 +81,7 @@ class CaptionTask(UnivalTask):
     prompt = PROMPT
 
     def build_dataset(self, split: str, reader: TSVReader) -> CaptionDataset:
-        training = split == self.cfg.train_subset
+        training = self.is_training_split(split)
         media_references = None
         # CIDEr-D weighs n-grams by their rarity among the references of the split scored: the validation split
         # for validation, the training split for an SCST reward (the criterion asks for it, see build_criterion).

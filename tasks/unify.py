@@ -392,9 +392,11 @@ class UnifyTask(AudioInput, UnivalTask):
                     yield " " + normalize_caption(caption)
                     yield caption_matching_prompt(modality, normalize_phrase(caption))
 
-    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, task_cfg=None, **kwargs) -> None:
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, task_cfg=None, evaluation: bool = False,
+                     **kwargs) -> None:
         self.require_vocabulary()
-        training = split == self.cfg.train_subset
+        self.note_evaluation(split, task_cfg is not None or evaluation)
+        training = self.is_training_split(split)
         names = self.stream_names
         weights = parse_stream_weights(self.cfg.stream_weights, names)
         datasets = {}

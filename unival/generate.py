@@ -92,7 +92,7 @@ def generate_split(model, task, split: str, batch_size: int = 16,
         if not is_placeholder(vocabulary):
             task.adopt_vocabulary(vocabulary, "the model")
     task.adopt_model(model)
-    task.load_dataset(split)
+    task.load_dataset(split, evaluation=True)
     dataset = task.dataset(split)
     batches = task.get_batch_iterator(dataset=dataset, max_sentences=batch_size, num_workers=0, max_positions=None)
     with warnings.catch_warnings():

@@ -4,6 +4,7 @@ import logging
 import shutil
 
 import pytest
+from omegaconf import OmegaConf
 
 from unival.data_utils.demo_corpus import write_demo_corpus
 from unival.tasks.caption import CaptionConfig, CaptionTask
@@ -158,3 +159,17 @@ def test_generate_split_gives_the_task_the_models_vocabulary(corpus, tmp_path, c
         generate_split(smaller, task, "test")
     with pytest.raises(ValueError, match=r"the options of task 'caption' were refused"):
         build_task("caption", str(corpus), ["--patch-image-sz", "96"])
+
+
+def test_the_training_split_loaded_for_evaluation_is_read_as_evaluation_reads(corpus):
+    """fairseq-generate --gen-subset train (it passes the checkpoint's task options) and unival evaluate --split
+    train: every row once, in file order, unaugmented; fairseq-train's own loading still shuffles."""
+    task = caption_task(corpus)
+    task.load_dataset("train")
+    assert task.dataset("train").shuffle
+    task.load_dataset("train", task_cfg=OmegaConf.create({}))  # the checkpoint's task options
+    assert not task.dataset("train").shuffle
+    task.load_dataset("train", evaluation=True)
+    assert not task.dataset("train").shuffle
+    task.load_dataset("train")
+    assert task.dataset("train").shuffle

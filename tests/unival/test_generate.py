@@ -17,8 +17,8 @@ class TwoSampleTask:
     def adopt_model(self, model):
         self.model = model
 
-    def load_dataset(self, split):
-        self.split = split
+    def load_dataset(self, split, evaluation=False):
+        self.split, self.evaluation = split, evaluation
 
     def dataset(self, split):
         return [0, 1]
