@@ -182,6 +182,28 @@ class Modality:
     tokens: Callable[[Tensor, int], Tuple[Tensor, Tensor]]
 
 
+# The dimensions of each media input, for the errors of check_inputs
+MEDIA_LAYOUTS = {"patch_images": "(batch, 3, height, width)", "patch_videos": "(batch, 3, frames, height, width)",
+                 "patch_audios": "(batch, samples)"}
+
+
+def describe_input(value) -> str:
+    return f"shape {tuple(value.shape)} ({value.dtype})" if torch.is_tensor(value) else type(value).__name__
+
+
+def check_inputs(src_tokens, media: Dict[str, Any]) -> None:
+    """Refuses inputs of the wrong layout with the layout expected (shapes only: nothing that waits for a GPU)."""
+    if not torch.is_tensor(src_tokens) or src_tokens.dim() != 2 or src_tokens.is_floating_point():
+        raise ValueError(f"src_tokens: expected (batch, length) token ids, got {describe_input(src_tokens)}")
+    for key, layout in MEDIA_LAYOUTS.items():
+        value = media.get(key)
+        if value is None:
+            continue
+        dims = layout.count(",") + 1
+        if not torch.is_tensor(value) or value.dim() != dims or (dims > 2 and value.size(1) != 3):
+            raise ValueError(f"{key}: expected {layout}, got {describe_input(value)}")
+
+
 MODALITIES = {
     "patch_images": Modality("embed_images", "image_proj", "embed_image_positions", 0, image_tokens),
     "patch_videos": Modality("embed_videos", "video_proj", "embed_video_positions", 1, video_tokens_and_ids),
@@ -391,6 +413,7 @@ class UnivalEncoder(PositionBias, FairseqEncoder):
                 patch_types: Optional[Tensor] = None, return_all_hiddens: bool = False, **inputs) -> Dict[str, List]:
         """Text tokens plus, per sample, the media named by ``patch_types`` among ``patch_images``,
         ``patch_videos`` and ``patch_audios`` (masked out where ``patch_masks`` is False)."""
+        check_inputs(src_tokens, inputs)
         batch, text_length = src_tokens.shape
         x = self.embed_text(src_tokens)
         padding = src_tokens.eq(self.padding_idx)
@@ -717,6 +740,11 @@ class UnivalModel(FairseqEncoderDecoderModel):
                 features_only: bool = False, return_all_hiddens: bool = False, **media) -> Tuple[Tensor, Dict]:
         """Takes the original's net_input keywords (``patch_images``, ``patch_masks``, ...) and returns
         ``(logits, extra)`` like a fairseq decoder."""
+        check_inputs(src_tokens, media)
+        if not torch.is_tensor(prev_output_tokens) or prev_output_tokens.dim() != 2 or \
+                prev_output_tokens.size(0) != src_tokens.size(0):
+            raise ValueError(f"prev_output_tokens: expected (batch, length) token ids for the {src_tokens.size(0)} "
+                             f"samples of src_tokens, got {describe_input(prev_output_tokens)}")
         output_weight = None
         weight = self.decoder.output_projection.weight
         if torch.is_grad_enabled() and weight.requires_grad and not features_only:

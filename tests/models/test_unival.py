@@ -319,3 +319,21 @@ def test_a_model_built_from_a_checkpoint_does_not_read_the_weight_files_of_its_t
     OmegaConf.set_struct(cfg, True)
     forget_weight_files(cfg)
     assert cfg.image_encoder_path is None and cfg.audio_encoder_path is None and cfg.arch == "unival_tiny"
+
+
+def test_inputs_of_the_wrong_layout_are_named_with_the_layout_expected():
+    model = tiny_model()
+    good = batch()
+    wrong = [("src_tokens", good["src_tokens"][0], r"src_tokens: expected \(batch, length\) token ids, got shape \(5,\)"),
+             ("src_tokens", None, r"src_tokens: expected \(batch, length\) token ids, got NoneType"),
+             ("patch_images", good["patch_images"][0],
+              r"patch_images: expected \(batch, 3, height, width\), got shape \(3, 64, 64\)"),
+             ("patch_images", good["patch_images"][:, :1],
+              r"patch_images: expected \(batch, 3, height, width\), got shape \(2, 1, 64, 64\)"),
+             ("prev_output_tokens", good["prev_output_tokens"][:1],
+              r"prev_output_tokens: expected \(batch, length\) token ids for the 2 samples of src_tokens, got "
+              r"shape \(1, 4\)")]
+    for key, value, message in wrong:
+        with pytest.raises(ValueError, match=message):
+            model(**{**good, key: value})
+    assert model(**good)[0].shape == (2, 4, 60)
