@@ -162,18 +162,19 @@ def in_process(args: argparse.Namespace, device: torch.device) -> Dict:
 
     def side(enabled: bool) -> Dict:
         with switch(enabled):
-            return {"seconds": common.timed_median(run, 1, 0, device)["median_s"]}
+            return {"seconds": common.timed_median(run, args.steps, 0, device)["median_s"]}
     return alternate(side, args.rounds)
 
 
 def separate_processes(args: argparse.Namespace) -> Dict:
     arguments = ["--config", args.config, "--threads", str(args.threads), "--device", args.device,
                  "--dtype", args.dtype, "--steps", str(args.steps), "--warmup", str(args.warmup), "--no-peak",
-                 *args.shape_arguments]
+                 *args.shape_arguments, *passed_flags(args)]
     glibc_env, _ = allocator.child_environment("glibc")
     if args.ablation == "allocator":
         chosen_env, _ = allocator.child_environment(args.malloc)
-        settings = {True: ([], chosen_env), False: ([], glibc_env)}
+        kept = ["--release-freed-memory"] if args.release_freed_memory else []
+        settings = {True: (kept, chosen_env), False: (kept, glibc_env)}
     else:  # freed_memory, with glibc's malloc on both sides
         settings = {True: ([], glibc_env), False: (["--release-freed-memory"], glibc_env)}
 
@@ -184,6 +185,13 @@ def separate_processes(args: argparse.Namespace) -> Dict:
         return {"seconds": record["median_s"], "peak_rss_bytes": record.get("peak_rss_bytes"),
                 "allocator": result["environment"].get("allocator")}
     return alternate(side, args.rounds)
+
+
+def passed_flags(args: argparse.Namespace) -> List[str]:
+    """The model and precision flags of the command line, which both sides of a process-wide ablation run with."""
+    flags = {"--no-channels-last": args.no_channels_last, "--compile": args.compile,
+             "--allow-emulated-bf16": args.allow_emulated_bf16}
+    return [flag for flag, given in flags.items() if given]
 
 
 def shape_arguments(args: argparse.Namespace) -> List[str]:
@@ -203,7 +211,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     parser.add_argument("--malloc", default="auto",
                         help="--ablation allocator: the allocator compared with glibc's (auto: tcmalloc, else "
                              "jemalloc; or tcmalloc, jemalloc, a library's path)")
-    parser.set_defaults(config="base")
+    parser.set_defaults(config="base", steps=None)
+    for action in parser._actions:
+        if action.dest == "steps":
+            action.help = ("timed repetitions of each side per round (default: 1 in process, alternating every "
+                           "repetition; 20 for freed_memory and allocator, each side's process reporting their "
+                           "median)")
     args = parser.parse_args(argv)
     if isinstance(args.config, list):
         if len(args.config) != 1:
@@ -211,6 +224,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         args.config = args.config[0]
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.no_peak or args.peak_size is not None:
+        parser.error("an ablation measures no matmul peak: --no-peak and --peak-size do not apply")
+    if args.steps is None:  # in-process sides alternate every repetition; a process's side is its median
+        args.steps = 20 if args.ablation in PROCESS_WIDE else 1
+    if args.ablation == "freed_memory" and args.release_freed_memory:
+        parser.error("--ablation freed_memory compares --release-freed-memory with its absence: do not pass it")
     if args.ablation in PROCESS_WIDE:
         if args.measurement != "train":
             parser.error(f"--ablation {args.ablation} measures the training step only (--measurement train)")

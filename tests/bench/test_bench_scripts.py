@@ -186,7 +186,7 @@ def cpu_without_bfloat16(monkeypatch):
 def test_bfloat16_on_a_cpu_without_its_instructions_is_refused(bench, cpu_without_bfloat16, script, arguments):
     what = " ".join(arguments)
     with pytest.raises(ValueError, match=f"{what}: this CPU has no bfloat16 instructions .* --allow-emulated-bf16"):
-        bench(script).main(TOY + arguments + ["--no-peak"])
+        bench(script).main(TOY + arguments + ([] if script == "ablation" else ["--no-peak"]))
 
 
 def test_run_all_refuses_emulated_bfloat16_before_measuring_anything(bench, cpu_without_bfloat16, monkeypatch,
@@ -252,3 +252,18 @@ def test_reference_figures_apply_only_with_their_thread_count(bench):
     module = bench("train_step")
     assert module.is_reference_shape(module.parse_args([]))
     assert not module.is_reference_shape(module.parse_args(["--threads", "1"]))
+
+
+def test_ablation_options_that_would_be_ignored_are_refused_or_passed_on(bench, monkeypatch, capsys):
+    ablation = bench("ablation")
+    for extra in (["--no-peak"], ["--peak-size", "64"]):
+        with pytest.raises(SystemExit):
+            ablation.main(TOY + ["--ablation", "late_gradient"] + extra)
+        assert "an ablation measures no matmul peak" in capsys.readouterr().err
+    seen = []
+    monkeypatch.setattr(ablation, "run_script", lambda module, arguments, env: seen.append(arguments) or {
+        "results": {"tiny": {"median_s": 1.0}}, "environment": {}})
+    ablation.main(TOY + ["--ablation", "freed_memory", "--rounds", "1", "--no-channels-last", "--compile"])
+    capsys.readouterr()
+    assert all("--no-channels-last" in arguments and "--compile" in arguments for arguments in seen) and len(seen) == 2
+    assert seen[0][seen[0].index("--steps") + 1] == "1"  # TOY's --steps, passed on
