@@ -23,8 +23,8 @@ from unival.data_utils.dataset import STAND_IN_INPUT
 from unival.data_utils.media import load_image
 from unival.data_utils.transforms import image_transform, imagenet_mean_std
 from unival.data_utils.tsv import TSVFormatError, TSVReader
-from unival.data_utils.vocab import (CHECKPOINT_VOCABULARY, GPT2BPE, build_unified_dictionary, decode_tokens, default_bpe_files,
-                                     dictionary_from_symbols, vocabulary_difference)
+from unival.data_utils.vocab import (CHECKPOINT_VOCABULARY, GPT2BPE, build_unified_dictionary, decode_tokens,
+                                     default_bpe_files, dictionary_from_symbols, vocabulary_difference)
 from unival.memory import keep_freed_memory
 from unival.models.unival import WEIGHT_FILE_OPTIONS
 from unival.task_metrics import summed

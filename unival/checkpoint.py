@@ -174,7 +174,8 @@ def placeholder_dictionary(size: int, pad: int = 1) -> Dictionary:
 
 def is_placeholder(dictionary: Dictionary) -> bool:
     """Whether ``dictionary`` is a :func:`placeholder_dictionary` (a model built without its vocabulary)."""
-    return len(dictionary) > dictionary.nspecial and dictionary[len(dictionary) - 1] == f"<symbol_{len(dictionary) - 1}>"
+    last = len(dictionary) - 1
+    return last >= dictionary.nspecial and dictionary[last] == f"<symbol_{last}>"
 
 
 def _check_derived_buffers(state: Dict[str, torch.Tensor], cfg: UnivalConfig) -> None:

@@ -158,8 +158,8 @@ def check_first_row(kind: InputKind, fields: List[str], where: str) -> None:
                    and names_media(fields[len(other.columns) - 1], other.columns[-1])]
         if fitting:
             raise PrepareError(f"{where}: {len(fields)} columns where a file of this kind has {len(kind.columns)} "
-                               f"({', '.join(kind.columns)}), and column {len(fields)} holds the media: is it a file of "
-                               f"{options_of_kinds(fitting)}?")
+                               f"({', '.join(kind.columns)}), and column {len(fields)} holds the media: is it a "
+                               f"file of {options_of_kinds(fitting)}?")
     name = media.strip().lower()
     for other, suffixes in MEDIA_SUFFIXES.items():
         if other != medium and name.endswith(suffixes) and not name.endswith(SHARED_SUFFIXES.get(medium, ())):

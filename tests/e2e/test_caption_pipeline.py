@@ -319,9 +319,9 @@ def test_training_with_mostly_bad_rows_skips_and_counts_them(tmp_path):
         for row in rows[:bad]:
             row[-1] = "bm90IGFuIGltYWdl"  # base64 of "not an image"
         path.write_text("".join("\t".join(row) + "\n" for row in rows))
-    result = run([str(BIN / "fairseq-train"), str(data), "--user-dir", plugin_dir(), "--save-dir", str(tmp_path / "run"),
-                  *TRAIN_OPTIONS, "--no-save", "--skip-bad-rows", "--batch-size", "2", "--batch-size-valid", "2",
-                  "--max-epoch", "1", "--eval-beam", "1", "--eval-max-len", "4"], tmp_path)
+    result = run([str(BIN / "fairseq-train"), str(data), "--user-dir", plugin_dir(), "--save-dir",
+                  str(tmp_path / "run"), *TRAIN_OPTIONS, "--no-save", "--skip-bad-rows", "--batch-size", "2",
+                  "--batch-size-valid", "2", "--max-epoch", "1", "--eval-beam", "1", "--eval-max-len", "4"], tmp_path)
     log = result.stdout + result.stderr
     train = re.search(r"\| train \| epoch 001 \|.*", log).group(0)
     valid = re.search(r"\| valid \| epoch 001 \|.*", log).group(0)

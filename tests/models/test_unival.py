@@ -324,7 +324,8 @@ def test_a_model_built_from_a_checkpoint_does_not_read_the_weight_files_of_its_t
 def test_inputs_of_the_wrong_layout_are_named_with_the_layout_expected():
     model = tiny_model()
     good = batch()
-    wrong = [("src_tokens", good["src_tokens"][0], r"src_tokens: expected \(batch, length\) token ids, got shape \(5,\)"),
+    wrong = [("src_tokens", good["src_tokens"][0],
+              r"src_tokens: expected \(batch, length\) token ids, got shape \(5,\)"),
              ("src_tokens", None, r"src_tokens: expected \(batch, length\) token ids, got NoneType"),
              ("patch_images", good["patch_images"][0],
               r"patch_images: expected \(batch, 3, height, width\), got shape \(3, 64, 64\)"),
