@@ -1,9 +1,32 @@
-"""The VQA answer column of the TSV files: ``CONFIDENCE|!+ANSWER`` candidates joined by ``&&``, and the answer list
-file (one answer a line) that constrains decoding."""
+"""The VQA answer column of the TSV files: ``CONFIDENCE|!+ANSWER`` candidates joined by ``&&``, the answer list
+file (one answer a line) that constrains decoding, and the answer normalisation of the official evaluation."""
+import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 CANDIDATE_SEPARATOR, CONFIDENCE_SEPARATOR = "&&", "|!+"
+
+# The answer normalisation of the official VQA evaluation, without its table of contractions ("dont" stays).
+PUNCTUATION = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!]")
+PERIOD_NOT_IN_NUMBER = re.compile(r"\.(?!\d)")
+COMMA_IN_NUMBER = re.compile(r"(?<=\d),(?=\d)")
+NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+ARTICLES = {"a", "an", "the"}
+
+
+@lru_cache(maxsize=1 << 18)  # ten human answers per question, mostly the same few thousand strings
+def normalize_answer(text: str) -> str:
+    """An answer as the official VQA evaluation compares it: lowercased; commas inside numbers and periods not
+    followed by a digit removed ("1,000." -> "1000", "2.5" stays); the punctuation ``;/[]"{}()=+\\_-><@`,?!``
+    made spaces; number words zero..ten (and "none") made digits; the articles a, an, the dropped; whitespace
+    collapsed (tabs and line breaks included). Unlike the official code, contractions are not restored ("dont"
+    stays "dont")."""
+    text = COMMA_IN_NUMBER.sub("", text.lower())
+    text = PUNCTUATION.sub(" ", PERIOD_NOT_IN_NUMBER.sub("", text))
+    words = [NUMBER_WORDS.get(word, word) for word in text.split() if word not in ARTICLES]
+    return " ".join(words)
 
 
 def format_confidence(confidence: float) -> str:

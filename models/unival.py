@@ -740,17 +740,16 @@ class UnivalModel(FairseqEncoderDecoderModel):
                 features_only: bool = False, return_all_hiddens: bool = False, **media) -> Tuple[Tensor, Dict]:
         """Takes the original's net_input keywords (``patch_images``, ``patch_masks``, ...) and returns
         ``(logits, extra)`` like a fairseq decoder."""
-        check_inputs(src_tokens, media)
-        if not torch.is_tensor(prev_output_tokens) or prev_output_tokens.dim() != 2 or \
-                prev_output_tokens.size(0) != src_tokens.size(0):
-            raise ValueError(f"prev_output_tokens: expected (batch, length) token ids for the {src_tokens.size(0)} "
-                             f"samples of src_tokens, got {describe_input(prev_output_tokens)}")
         output_weight = None
         weight = self.decoder.output_projection.weight
         if torch.is_grad_enabled() and weight.requires_grad and not features_only:
             # Before the token lookups: their sparse gradients are then added in place into this dense one.
             output_weight = late_gradient(weight)
         encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, return_all_hiddens=return_all_hiddens, **media)
+        if not torch.is_tensor(prev_output_tokens) or prev_output_tokens.dim() != 2 or \
+                prev_output_tokens.size(0) != src_tokens.size(0):  # src_tokens: checked by the encoder
+            raise ValueError(f"prev_output_tokens: expected (batch, length) token ids for the {src_tokens.size(0)} "
+                             f"samples of src_tokens, got {describe_input(prev_output_tokens)}")
         return self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
                             output_weight=output_weight)
 

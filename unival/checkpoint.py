@@ -244,27 +244,37 @@ def build_from_checkpoint(state: Dict[str, Any], ema: bool = False, dictionary: 
     """(model, its configuration) of a checkpoint already read (``read_checkpoint``, or the merged state of
     ``merge_checkpoints``), its weights loaded strictly; the model is in training mode (``.eval()`` to predict).
     ``ema``, ``dictionary``: as for :func:`load_checkpoint`; ``source`` names the checkpoint in errors."""
-    if isinstance(dictionary, (str, Path)):
-        from unival.data_utils.vocab import load_dictionary
-        dictionary = load_dictionary(str(dictionary))
     cfg = checkpoint_config(state, source)
     weights = model_state_from_checkpoint(state, cfg, ema, source)
     vocab_size = weights["encoder.embed_tokens.weight"].shape[0]
-    stored = stored_vocabulary(state, source)
-    if stored is not None and len(stored) != vocab_size:
-        raise CheckpointError(f"{source} stores a vocabulary of {len(stored)} symbols for a model of {vocab_size}")
-    if dictionary is None:
-        dictionary = stored if stored is not None else placeholder_dictionary(vocab_size)
-    elif stored is not None and vocabulary_difference(dictionary, stored):
-        raise CheckpointError(f"the dictionary given is not the vocabulary {source} was trained with, which it "
-                              f"stores ({vocabulary_difference(dictionary, stored)}): its ids would decode to other "
-                              f"words; pass none to use the checkpoint's")
-    elif len(dictionary) != vocab_size:
-        raise CheckpointError(f"the dictionary has {len(dictionary)} symbols but {source} was trained with "
-                              f"{vocab_size}: use the dict.txt and --code-dict-size/--num-bins it was trained with")
+    dictionary = model_dictionary(dictionary, stored_vocabulary(state, source), vocab_size, source)
     model = UnivalModel.from_config(cfg, dictionary)
     load_strict(model, weights, source)
     return model, cfg
+
+
+def model_dictionary(given: Union[Dictionary, str, Path, None], stored: Optional[Dictionary], vocab_size: int,
+                     source: str, holder: Optional[str] = None) -> Dictionary:
+    """The dictionary to build the model of ``source`` (``vocab_size`` symbols) with: ``given`` (a ``Dictionary``
+    or a dict.txt path), which must be the ``stored`` vocabulary (kept by ``holder``, by default ``source``) where
+    there is one; else the stored one; else a placeholder."""
+    holder = holder or source
+    if isinstance(given, (str, Path)):
+        from unival.data_utils.vocab import load_dictionary
+        given = load_dictionary(str(given))
+    if stored is not None and len(stored) != vocab_size:
+        raise CheckpointError(f"{holder} stores a vocabulary of {len(stored)} symbols for a model of {vocab_size}")
+    if given is None:
+        return stored if stored is not None else placeholder_dictionary(vocab_size)
+    difference = vocabulary_difference(given, stored) if stored is not None else None
+    if difference:
+        raise CheckpointError(f"the dictionary given is not the vocabulary {source} was trained with, which "
+                              f"{'it' if holder == source else holder} stores ({difference}): its ids would decode "
+                              f"to other words; pass none to use the stored one")
+    if len(given) != vocab_size:
+        raise CheckpointError(f"the dictionary has {len(given)} symbols but {source} was trained with "
+                              f"{vocab_size}: use the dict.txt and --code-dict-size/--num-bins it was trained with")
+    return given
 
 
 def stored_vocabulary(state: Dict[str, Any], source: str = "the checkpoint") -> Optional[Dictionary]:
@@ -307,9 +317,6 @@ def load_checkpoint_and_task_options(path: Union[str, Path], ema: bool = False,
         if ema:
             raise CheckpointError(f"ema=True but {path} is a folder of `unival convert`, which holds one set of "
                                   f"weights (`unival convert --ema` exports the EMA ones)")
-        if isinstance(dictionary, (str, Path)):
-            from unival.data_utils.vocab import load_dictionary
-            dictionary = load_dictionary(str(dictionary))
         return load_safetensors(path, dictionary=dictionary), stored_folder_task_options(path)
     state = read_checkpoint(path, allow_unsafe=allow_unsafe)
     model, _ = build_from_checkpoint(state, ema=ema, dictionary=dictionary, source=str(path))

@@ -11,10 +11,10 @@ from typing import Any, Dict, Optional, Union
 from fairseq.data import Dictionary
 from safetensors.torch import load_model, save_model
 
-from unival.checkpoint import (CheckpointError, build_from_checkpoint, is_placeholder, placeholder_dictionary,
+from unival.checkpoint import (CheckpointError, build_from_checkpoint, is_placeholder, model_dictionary,
                                read_checkpoint, stored_task_options, stored_vocabulary)
 from unival.data_utils.files import atomic_write, creation_mode, written_beside
-from unival.data_utils.vocab import load_dictionary, save_dictionary, vocabulary_difference
+from unival.data_utils.vocab import load_dictionary, save_dictionary
 from unival.models.unival import UnivalConfig, UnivalModel
 
 logger = logging.getLogger(__name__)
@@ -99,18 +99,8 @@ def load_safetensors(folder: Union[str, Path], dictionary: Optional[Dictionary] 
     folder = Path(folder)
     config = read_config(folder)
     cfg = UnivalConfig(**config["model"])
-    vocab_size = config["vocab_size"]
-    stored = stored_folder_vocabulary(folder)
-    if stored is not None and len(stored) != vocab_size:
-        raise CheckpointError(f"{folder / DICTIONARY_FILE} has {len(stored)} symbols, the model {vocab_size}")
-    if dictionary is None:
-        dictionary = stored if stored is not None else placeholder_dictionary(vocab_size)
-    elif stored is not None and vocabulary_difference(dictionary, stored):
-        raise CheckpointError(f"the dictionary given is not the vocabulary the model was trained with, "
-                              f"{folder / DICTIONARY_FILE} ({vocabulary_difference(dictionary, stored)}): pass none "
-                              f"to use that one")
-    elif len(dictionary) != vocab_size:
-        raise CheckpointError(f"the dictionary has {len(dictionary)} symbols, the model {vocab_size}")
+    dictionary = model_dictionary(dictionary, stored_folder_vocabulary(folder), config["vocab_size"], str(folder),
+                                  holder=str(folder / DICTIONARY_FILE))
     model = UnivalModel.from_config(cfg, dictionary)
     missing, unexpected = load_model(model, str(folder / WEIGHTS_FILE), strict=True)
     return model.eval()

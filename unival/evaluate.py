@@ -12,9 +12,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from unival.data_utils.answers import answer_confidences
+from unival.data_utils.answers import answer_confidences, normalize_answer
 from unival.data_utils.media import load_image
-from unival.data_utils.prepare.vqa import normalize_answer
 from unival.data_utils.transforms import bins_to_box, parse_box
 from unival.data_utils.tsv import TSVReader
 from unival.metrics import CAPTION_METRICS, DEFAULT_JAVA_TIMEOUT, check_same_ids, score_captions

@@ -120,7 +120,7 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
         first.pop(key, None)
     first_options = dataclasses.asdict(checkpoint_config(first, sources[0]))
     first_weights = stored_weights(first, ema, sources[0])
-    tied = tied_entries(first_weights)  # kept tied if tied in every checkpoint: merged once, stored once
+    tied = tied_entries(first_weights)  # while tied in every checkpoint read: summed once, stored once
     sums: Dict[str, torch.Tensor] = {}
     identical = {key: True for key in first_weights}
     report = MergeReport()
@@ -132,8 +132,16 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
                                     sources[0], source)
             check_same_network(first_weights, tensors, sources[0], source)
             check_same_vocabulary(first, state, sources[0], source)
-            tied = {key: owner for key, owner in tied_entries(tensors).items() if tied.get(key) == owner}
+            still = {key: owner for key, owner in tied_entries(tensors).items() if tied.get(key) == owner}
+            for key in tied.keys() - still.keys():  # one tensor with its owner until now: the owner's sum so far
+                owner = tied[key]
+                identical[key] = identical[owner]
+                if owner in sums:
+                    sums[key] = sums[owner].clone()
+            tied = still
         for key, value in tensors.items():
+            if key in tied:
+                continue  # its owner's tensor, summed once
             reference = first_weights[key]
             if index and identical[key] and not torch.equal(value, reference):
                 identical[key] = False
@@ -145,15 +153,14 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
                 total.add_(value.to(total.dtype), alpha=weight)
         del state, tensors
     merged_weights = {}
-    for key, reference in first_weights.items():
-        if reference.is_floating_point() and not identical[key]:
-            merged_weights[key] = sums[key].to(reference.dtype)
+    for key, reference in first_weights.items():  # an owner comes before the keys tied to it
+        if reference.is_floating_point() and not identical[tied.get(key, key)]:
+            # a tied key gets its owner's merged tensor: one tensor, as in the checkpoints
+            merged_weights[key] = merged_weights[tied[key]] if key in tied else sums[key].to(reference.dtype)
             report.interpolated += 1
         else:
             merged_weights[key] = reference
             report.identical += reference.is_floating_point()
-    for key, owner in tied.items():  # one tensor again, as in the checkpoints (not one copy per name)
-        merged_weights[key] = merged_weights[owner]
     merged = dict(first)
     merged["model"] = merged_weights
     if first.get("extra_state") is not None:

@@ -122,9 +122,10 @@ def prepare_video_qa(dataset: str, out: Union[str, Path], train=None, val=None, 
     train_path = out / f"{PREFIX}_train.tsv"
     check = MediaFilter(media, VIDEO_COLUMN, train_path)
     with_video = list(check(rows["train"]))
-    answer_list = training_answer_list([row_answer(row) for row in with_video], num_answers)
+    answers_of_rows = [row_answer(row) for row in with_video]
+    answer_list = training_answer_list(answers_of_rows, num_answers)
     allowed = set(answer_list)
-    kept = [row for row in with_video if row_answer(row) in allowed]
+    kept = [row for row, answer in zip(with_video, answers_of_rows) if answer in allowed]
     dropped = len(with_video) - len(kept)
     notes = [f"{counted(dropped, 'question')} dropped: answer not in {ANSWER_LIST}"] if dropped else []
     answers = write_answer_list(out / ANSWER_LIST, answer_list)

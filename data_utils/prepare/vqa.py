@@ -1,11 +1,10 @@
 """VQAv2 questions and annotations -> ``vqa_{train,valid,test}.tsv`` (qid, image-id, question, answers, objects,
 image) and ``answers.txt``, the answer list the decoding is restricted to."""
-import re
 from collections import Counter
-from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
+from unival.data_utils.answers import normalize_answer
 from unival.data_utils.prepare.common import (MediaOptions, PrepareError, Written, answers_field, counted,
                                               load_json, nonempty_text, record_list, require_files, require_records,
                                               value_of, write_answer_list, write_split)
@@ -16,27 +15,6 @@ DEFAULT_NUM_ANSWERS = 3129  # the answer list of OFA and UnIVAL
 IMAGE_COLUMN = 5
 # COCO image folder of each output split, used when the questions file has no "data_subtype".
 DEFAULT_IMAGE_FOLDERS = {"train": "train2014", "valid": "val2014", "test": "test2015"}
-
-# The answer normalisation of the official VQA evaluation, without its table of contractions ("dont" stays).
-PUNCTUATION = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!]")
-PERIOD_NOT_IN_NUMBER = re.compile(r"\.(?!\d)")
-COMMA_IN_NUMBER = re.compile(r"(?<=\d),(?=\d)")
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-ARTICLES = {"a", "an", "the"}
-
-
-@lru_cache(maxsize=1 << 18)  # ten human answers per question, mostly the same few thousand strings
-def normalize_answer(text: str) -> str:
-    """An answer as the official VQA evaluation compares it: lowercased; commas inside numbers and periods not
-    followed by a digit removed ("1,000." -> "1000", "2.5" stays); the punctuation ``;/[]"{}()=+\\_-><@`,?!``
-    made spaces; number words zero..ten (and "none") made digits; the articles a, an, the dropped; whitespace
-    collapsed (tabs and line breaks included). Unlike the official code, contractions are not restored ("dont"
-    stays "dont")."""
-    text = COMMA_IN_NUMBER.sub("", text.lower())
-    text = PUNCTUATION.sub(" ", PERIOD_NOT_IN_NUMBER.sub("", text))
-    words = [NUMBER_WORDS.get(word, word) for word in text.split() if word not in ARTICLES]
-    return " ".join(words)
 
 
 def vqa_score(count: int, annotators: int = 10) -> float:

@@ -255,30 +255,29 @@ VQA_ROWS = [["q1", "100", "what colour is it?", "1.0|!+red&&0.3333|!+dark red", 
             ["q3", "101", "is it round?", "1.0|!+yes", "", "BASE64"]]
 
 
-def test_vqa_accuracy_of_json_predictions(tmp_path):
-    references = write_tsv(tmp_path / "vqa_test.tsv", VQA_ROWS)
+def vqa_accuracy(tmp_path, rows, answers):
+    """`unival evaluate --task vqa_gen` of JSON predictions (question id -> answer) against a TSV of ``rows``."""
+    references = write_tsv(tmp_path / "vqa_test.tsv", rows)
     predictions = tmp_path / "answers.json"
-    predictions.write_text(json.dumps([{"question_id": "q1", "answer": "dark red"}, {"question_id": "q2", "answer": "2"},
-                                       {"question_id": "q3", "answer": "no"}]))
+    predictions.write_text(json.dumps([{"question_id": key, "answer": answer} for key, answer in answers.items()]))
     output = tmp_path / "results.json"
     assert cli_main(["evaluate", "--task", "vqa_gen", "--predictions", str(predictions), "--references",
                      str(references), "--output", str(output)]) == 0
+    return json.loads(output.read_text())["scores"]["accuracy"]
+
+
+def test_vqa_accuracy_of_json_predictions(tmp_path):
+    accuracy = vqa_accuracy(tmp_path, VQA_ROWS, {"q1": "dark red", "q2": "2", "q3": "no"})
     # "2" matches "2" (0.6) and "two", which normalises to "2" (1.0): the higher counts
-    assert json.loads(output.read_text())["scores"]["accuracy"] == pytest.approx(100 * (0.3333 + 1.0 + 0) / 3)
+    assert accuracy == pytest.approx(100 * (0.3333 + 1.0 + 0) / 3)
 
 
 def test_vqa_answers_are_normalised_as_the_official_evaluation_does(tmp_path):
     """Case, punctuation, number words and articles, on both sides (a reference TSV need not be normalised)."""
     rows = [row[:3] + [answers] + row[4:] for row, answers in
             zip(VQA_ROWS, ["1.0|!+Red&&0.3333|!+dark red", "1.0|!+two&&0.6|!+2", "1.0|!+the top"])]
-    references = write_tsv(tmp_path / "vqa_test.tsv", rows)
-    predictions = tmp_path / "answers.json"
-    predictions.write_text(json.dumps([{"question_id": "q1", "answer": "RED"}, {"question_id": "q2", "answer": "2."},
-                                       {"question_id": "q3", "answer": "Top"}]))
-    output = tmp_path / "results.json"
-    assert cli_main(["evaluate", "--task", "vqa_gen", "--predictions", str(predictions), "--references",
-                     str(references), "--output", str(output)]) == 0
-    assert json.loads(output.read_text())["scores"]["accuracy"] == pytest.approx(100.0)  # "2" takes two's 1.0
+    accuracy = vqa_accuracy(tmp_path, rows, {"q1": "RED", "q2": "2.", "q3": "Top"})
+    assert accuracy == pytest.approx(100.0)  # "2" takes two's 1.0
 
 
 def test_saved_predictions_write_numeric_ids_as_numbers(tmp_path):

@@ -201,6 +201,8 @@ def test_tied_tensors_stay_one_tensor(pair, tmp_path):
     merged, _ = merge_checkpoints([pair[0], tmp_path / "untied.pt"])
     assert merged["model"][names[1]].untyped_storage().data_ptr() != \
         merged["model"][names[0]].untyped_storage().data_ptr()
+    for name in names:  # each one's own interpolation, from the first checkpoint's shared table
+        assert torch.allclose(merged["model"][name], 0.5 * first + 0.5 * untied["model"][name], atol=1e-6)
 
 
 def test_a_folder_is_named_as_such(pair, tmp_path):
