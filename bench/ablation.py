@@ -124,7 +124,7 @@ def repetition(args: argparse.Namespace, device: torch.device) -> Callable[[], o
             scaler.step(optimizer)
             scaler.update()
         return step
-    model.eval().requires_grad_(False)
+    common.inference_model(model, sample["net_input"])
     generator = generate.make_generator(model, dictionary, generate.BEAMS[args.measurement], config.target_tokens)
     net_input = {key: value for key, value in sample["net_input"].items() if key != "prev_output_tokens"}
 

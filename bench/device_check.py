@@ -110,7 +110,8 @@ def verify_attention(output: str) -> Dict:
     result = json.loads(output[output.index("{\n"):output.index("\n}") + 2])
     if not result["ok"]:
         raise AssertionError(f"fused attention differs from the math kernel: {result}")
-    return {key: result[key] for key in ("logits_error", "worst_gradient_error", "bias_gradient_error")}
+    return {key: result[key] for key in ("logits_error", "worst_gradient_error", "bias_gradient_error",
+                                         "key_bias_gradient")}
 
 
 def attention_checks(plan: Plan) -> List[Check]:

@@ -23,9 +23,9 @@ def make_generator(model, dictionary, beam: int, length: int) -> SequenceGenerat
 def measure(args: argparse.Namespace, name: str, device: torch.device) -> Dict:
     config = common.bench_config(args, name)
     model, dictionary = common.build_model(config, device, args.no_channels_last, args.compile)
-    # No parameter needs a gradient: FLOP counting under no_grad trips on leaves that require one.
-    model.eval().requires_grad_(False)
     net_input = common.make_batch(config, dictionary, device)["net_input"]
+    # No parameter needs a gradient: FLOP counting under no_grad trips on leaves that require one.
+    common.inference_model(model, net_input)
     net_input = {key: value for key, value in net_input.items() if key != "prev_output_tokens"}
     reference = common.REFERENCE[name] if is_reference_shape(args) else {}
     results = {"config": common.config_record(config), "new_tokens": config.target_tokens}

@@ -81,6 +81,26 @@ def test_generate_writes_exactly_the_requested_tokens(bench, capsys):
         assert result[label]["median_s"] > 0 and result[label]["model_flops"] > 0
 
 
+def test_generation_times_a_model_whose_batchnorm_statistics_fit_its_inputs(bench):
+    """A randomly initialised ResNet-101 with BatchNorm's initial statistics overflows float16 (an H200 run's
+    float16 benchmark of unival_base failed on NaNs); the benchmarks' inference model takes them from its batch."""
+    import torch
+    common = bench("common")
+    args = argparse.Namespace(batch_size=2, image_size=128, vocab_size=40, image_encoder="resnet101", tokens=4)
+    config = common.bench_config(args, "tiny")
+    model, dictionary = common.build_model(config, torch.device("cpu"))
+    net_input = common.make_batch(config, dictionary, torch.device("cpu"))["net_input"]
+    backbone = model.encoder.embed_images
+    momenta = [module.momentum for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        assert backbone.eval()(net_input["patch_images"]).abs().max() > torch.finfo(torch.float16).max
+    common.inference_model(model, net_input)
+    assert not model.training and not any(parameter.requires_grad for parameter in model.parameters())
+    assert [module.momentum for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)] == momenta
+    with torch.no_grad():
+        assert backbone(net_input["patch_images"]).abs().max() < 100
+
+
 def test_data_loading(bench, capsys, tmp_path):
     output = bench("data_loading").main([
         "--items", "2", "--repeats", "1", "--workers", "0", "--image-size", "32", "--video-size", "32",
