@@ -1,5 +1,6 @@
 """The unified vocabulary (BART's GPT-2 BPE symbols, ``<mask>``, image codes, location bins), the GPT-2 BPE
 wrapper, text <-> token ids the way OFA does it, and the caption/question normalisation of the original."""
+import hashlib
 import importlib.util
 import os
 import re
@@ -17,6 +18,8 @@ from unival.data_utils.files import atomic_write
 MASK = "<mask>"
 # Where a checkpoint keeps the vocabulary its model was trained with: its list of symbols in fairseq's task state.
 CHECKPOINT_VOCABULARY = "vocabulary"
+# the model's buffer holding vocabulary_fingerprint(its dictionary's symbols)
+VOCABULARY_FINGERPRINT = "vocabulary_fingerprint"
 CAPTION_PUNCTUATION = str.maketrans("", "", string.punctuation)
 LEADING_PUNCTUATION = ",.!?*#:;~"
 PHRASE_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
@@ -135,6 +138,15 @@ def dictionary_from_symbols(symbols: Sequence[str], source: str) -> Dictionary:
     if len(dictionary) != len(symbols):
         raise ValueError(f"{source}: the stored vocabulary lists {len(symbols) - len(dictionary)} symbols twice")
     return dictionary
+
+
+def vocabulary_fingerprint(symbols: Sequence[str]) -> int:
+    """48 bits of the SHA-256 of ``symbols`` in id order. The model keeps it among its buffers, so that weights
+    trained with one vocabulary are not loaded, silently, into a model of another of the same size (fairseq-train's
+    --restore-file and --finetune-from-model read no task state). 48 bits keep sums of checkpoints (fairseq's
+    average_checkpoints) exact in int64."""
+    digest = hashlib.sha256("\0".join(symbols).encode("utf-8")).digest()
+    return int.from_bytes(digest[:6], "big")
 
 
 def vocabulary_difference(first: Dictionary, second: Dictionary) -> Optional[str]:

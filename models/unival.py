@@ -16,6 +16,7 @@ from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqI
                             register_model, register_model_architecture)
 from torch import Tensor
 
+from unival.data_utils.vocab import VOCABULARY_FINGERPRINT, vocabulary_fingerprint
 from unival.models import cpu_linear, layers
 from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
@@ -636,6 +637,8 @@ class UnivalModel(FairseqEncoderDecoderModel):
     def __init__(self, cfg: UnivalConfig, encoder: UnivalEncoder, decoder: UnivalDecoder):
         super().__init__(encoder, decoder)
         self.cfg = cfg
+        self.register_buffer(VOCABULARY_FINGERPRINT,
+                             torch.tensor(vocabulary_fingerprint(encoder.dictionary.symbols), dtype=torch.int64))
 
     @classmethod
     def build_model(cls, cfg: UnivalConfig, task) -> "UnivalModel":
@@ -651,6 +654,7 @@ class UnivalModel(FairseqEncoderDecoderModel):
         prefix = f"{name}." if name else ""
         try:
             self.check_vocabulary_size(state_dict, prefix)
+            self.check_vocabulary_fingerprint(state_dict, prefix)
             kept = without_derived_entries(state_dict, self.cfg, prefix)
             for key in [key for key in state_dict if key not in kept]:
                 del state_dict[key]
@@ -674,6 +678,22 @@ class UnivalModel(FairseqEncoderDecoderModel):
                 "the --dict-file the model was trained with (BART's dict.txt for UnIVAL checkpoints) and the same "
                 "--code-dict-size and --num-bins, or, for a model trained without --dict-file, the same training "
                 "split, from which the vocabulary is built")
+
+    def check_vocabulary_fingerprint(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
+        """Refuses weights trained with another vocabulary of this model's size (the rows of the token table would
+        stand for other symbols); weights without a fingerprint (the original's, or saved before fingerprints) are
+        given this model's, since nothing can be compared."""
+        key = prefix + VOCABULARY_FINGERPRINT
+        own = self.get_buffer(VOCABULARY_FINGERPRINT)
+        saved = state_dict.get(key)
+        if saved is None:
+            state_dict[key] = own.detach().clone()
+        elif int(saved) != int(own):
+            raise ValueError(
+                f"the checkpoint was trained with another vocabulary of the same size ({len(self.encoder.dictionary)} "
+                "symbols, in another order or with other symbols): its token embeddings would stand for other "
+                "words. Pass the --dict-file it was trained with; a checkpoint stores its vocabulary, which "
+                "`unival convert CHECKPOINT --out DIR` writes as DIR/dict.txt")
 
     def keep_own_modality_weights(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
         """A checkpoint of an earlier curriculum stage holds nothing of a modality added since (audio after image

@@ -233,6 +233,12 @@ def key_differences(expected: Dict[str, torch.Tensor], given: Dict[str, torch.Te
 
 def load_strict(model: torch.nn.Module, weights: Dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict that lists every missing, unexpected and mis-shaped key in its error."""
+    if isinstance(model, UnivalModel):
+        weights = dict(weights)
+        try:
+            model.check_vocabulary_fingerprint(weights)
+        except ValueError as err:
+            raise CheckpointError(f"{source}: {err}") from None
     differences = key_differences(model.state_dict(), weights, labels=("checkpoint ", "model "))
     if differences:
         raise CheckpointError("\n".join([f"{source} does not fit the model:"] + differences))

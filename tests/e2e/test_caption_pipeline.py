@@ -146,6 +146,32 @@ def test_merged_checkpoints_are_scored_and_finetuned_from_the_command_line(corpu
     assert (tmp_path / "fused" / "checkpoint_last.pt").is_file()
 
 
+def test_finetuning_refuses_a_checkpoint_of_another_vocabulary_of_the_same_size(corpus, trained, tmp_path):
+    """--finetune-from-model reads no task state: a --dict-file with the training vocabulary's symbols in another
+    order loaded the weights, every token row standing for another word. The model's vocabulary fingerprint
+    refuses it."""
+    save_dir, _, _ = trained
+    start = save_dir / "checkpoint_best.pt"
+    symbols = torch.load(start, map_location="cpu", weights_only=False)["task_state"]["vocabulary"]
+    words = symbols[4:]
+    words[0], words[1] = words[1], words[0]
+    (tmp_path / "dict.txt").write_text("".join(f"{word} 1\n" for word in words))
+    command = [str(BIN / "fairseq-train"), str(corpus), "--user-dir", plugin_dir(), "--save-dir",
+               str(tmp_path / "run"), "--finetune-from-model", str(start), "--max-update", "1",
+               "--disable-validation"] + TRAIN_OPTIONS
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    refused = subprocess.run(command + ["--dict-file", str(tmp_path / "dict.txt")], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=900)
+    assert refused.returncode != 0
+    assert (f"trained with another vocabulary of the same size ({len(symbols)} symbols"
+            in refused.stdout + refused.stderr), refused.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
+    # the same symbols in the training order load
+    (tmp_path / "dict.txt").write_text("".join(f"{word} 1\n" for word in symbols[4:]))
+    run(command + ["--dict-file", str(tmp_path / "dict.txt")], tmp_path)
+    assert (tmp_path / "run" / "checkpoint_last.pt").is_file()
+
+
 def test_adapters_finetune_a_checkpoint_and_the_adapted_model_generates(corpus, trained, tmp_path):
     """fairseq-train --adapter-dim --decoder-prompt-length, and encoder prompts through a projection, from a trained
     model: fairseq optimises the adapters and prompts alone (its own count of trained parameters), they change and

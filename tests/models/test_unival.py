@@ -273,6 +273,42 @@ def test_a_checkpoint_of_another_vocabulary_is_refused_with_the_reason():
     same.load_state_dict(state)
 
 
+def test_a_checkpoint_of_another_vocabulary_of_the_same_size_is_refused():
+    """fairseq-train's --restore-file and --finetune-from-model read no task state: a model trained with another
+    vocabulary of the same size loaded silently, its token rows standing for other words."""
+    from fairseq.data import Dictionary
+
+    from unival.data_utils.vocab import VOCABULARY_FINGERPRINT, vocabulary_fingerprint
+
+    def model_of(words):
+        dictionary = Dictionary()
+        for word in words:
+            dictionary.add_symbol(word)
+        torch.manual_seed(0)
+        return UnivalModel.from_config(UnivalConfig(**architecture_defaults("unival_tiny")), dictionary)
+
+    words = [f"w{index}" for index in range(56)]
+    trained = model_of(words)
+    assert int(trained.get_buffer(VOCABULARY_FINGERPRINT)) == vocabulary_fingerprint(trained.encoder.dictionary.symbols)
+    assert 0 < vocabulary_fingerprint(trained.encoder.dictionary.symbols) < 2 ** 48
+    state = trained.state_dict()
+    assert VOCABULARY_FINGERPRINT in state
+    swapped = model_of(words[1:2] + words[:1] + words[2:])
+    with pytest.raises(ValueError, match=r"trained with another vocabulary of the same size \(60 symbols"):
+        swapped.load_state_dict(dict(state))
+    renamed = model_of(words[:-1] + ["other"])
+    with pytest.raises(ValueError, match="Pass the --dict-file it was trained with"):
+        renamed.load_state_dict(dict(state))
+    same = model_of(words)
+    same.load_state_dict(dict(state))
+    # weights without a fingerprint (the original's, or saved before it) load and take the model's own
+    del state[VOCABULARY_FINGERPRINT]
+    swapped.load_state_dict(state)
+    assert int(swapped.get_buffer(VOCABULARY_FINGERPRINT)) == vocabulary_fingerprint(swapped.encoder.dictionary.symbols)
+    # a float16 or bfloat16 model keeps its fingerprint whole
+    assert same.half().get_buffer(VOCABULARY_FINGERPRINT).dtype == torch.int64
+
+
 def test_video_and_audio_encoder_paths_load_their_weights_and_a_path_needs_its_encoder(tmp_path):
     """--video-encoder-path and --audio-encoder-path were accepted and never read: the encoders kept random
     weights (the curriculum's new encoders and the audio finetuning configs rely on them)."""

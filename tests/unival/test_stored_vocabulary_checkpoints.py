@@ -6,7 +6,7 @@ import torch
 import unival
 from unival.checkpoint import CheckpointError, placeholder_dictionary, read_checkpoint
 from unival.cli import main as cli_main
-from unival.data_utils.vocab import load_dictionary
+from unival.data_utils.vocab import VOCABULARY_FINGERPRINT, load_dictionary, vocabulary_fingerprint
 
 from test_merge import write_checkpoint
 
@@ -19,8 +19,12 @@ def symbols(seed):
 
 
 def with_vocabulary(path, vocabulary):
+    """The checkpoint of a model trained with ``vocabulary``: stored in the task state, and its fingerprint in the
+    model's weights (and the EMA copy's)."""
     state = torch.load(path, weights_only=False)
     state["task_state"] = {"vocabulary": vocabulary}
+    for weights in (state["model"], state["extra_state"].get("ema") or {}):
+        weights[VOCABULARY_FINGERPRINT] = torch.tensor(vocabulary_fingerprint(vocabulary))
     torch.save(state, path)
     return path
 
