@@ -93,11 +93,15 @@ class PowerSpectrogram(nn.Module):
         self.stft = STFTFilters(n_fft, hop_size)
 
     def forward(self, waveform: Tensor) -> Tensor:
-        x = F.pad(waveform[:, None, :], (self.n_fft // 2, self.n_fft // 2), mode="reflect")
-        # float32 even in a half-precision model: powers reach 1e6 and the dB floor is 1e-10.
-        real = F.conv1d(x, self.stft.conv_real.weight, stride=self.hop_size)
-        imag = F.conv1d(x, self.stft.conv_imag.weight, stride=self.hop_size)
-        return (real ** 2 + imag ** 2).transpose(1, 2)[:, None]
+        x = F.pad(waveform[:, None, :], (self.n_fft // 2, self.n_fft // 2), mode="reflect")[:, 0]
+        frames = x.unfold(-1, self.n_fft, self.hop_size)  # (B, frames, n_fft), a view
+        # float32 even in a half-precision model: powers reach 1e6 and the dB floor is 1e-10. Products, not the
+        # convolutions the filters are named for: on CUDA, cuDNN runs float32 convolutions in TF32 by default (10
+        # mantissa bits, float16's), which moved quiet mel bins by up to 6.7 dB; float32 products are full float32
+        # unless the process allows TF32 for them (torch.set_float32_matmul_precision).
+        real = frames @ self.stft.conv_real.weight[:, 0].T
+        imag = frames @ self.stft.conv_imag.weight[:, 0].T
+        return (real ** 2 + imag ** 2)[:, None]
 
 
 class LogMel(Float32Filters):

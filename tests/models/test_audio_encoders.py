@@ -37,7 +37,8 @@ def chirp(rate=48000, seconds=0.5):
 def test_log_mel_matches_librosa(signal):
     # Tolerance: our STFT sums 1024 float32 products, so each bin carries a relative error of order 1e-7 *
     # sqrt(1024) of the frame's peak; 10 log10(1 + e) ~ 4.3 e dB stays far below 1e-3 dB for bands within 60 dB
-    # of the maximum, while bands near the -100 dB floor (sine leakage) may move by hundredths of a dB.
+    # of the maximum, while bands near the -100 dB floor (sine leakage, over 110 dB below the loudest band: float32's
+    # own rounding of the STFT is about that far down) move by hundredths of a dB (0.054 dB at most here).
     encoder = PannBackbone("cnn6")  # the paper's front end: 48 kHz, window 1024, hop 480, 64 bins, 50-14000 Hz
     samples = signal()
     ours = encoder.log_mel(torch.from_numpy(samples)[None])[0, 0].numpy().T
@@ -46,7 +47,7 @@ def test_log_mel_matches_librosa(signal):
     loud = reference > reference.max() - 60
     assert loud.mean() > 0.1
     np.testing.assert_allclose(ours[loud], reference[loud], atol=1e-3, rtol=0)
-    np.testing.assert_allclose(ours, reference, atol=0.05, rtol=0)
+    np.testing.assert_allclose(ours, reference, atol=0.1, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -65,6 +66,30 @@ def test_a_half_precision_encoder_keeps_its_front_end_in_float32(dtype):
     assert torch.equal(encoder.log_mel(waveform), reference)
     assert encoder(waveform).dtype == dtype
     assert all(value.dtype == torch.float32 for key, value in encoder.state_dict().items() if key.startswith(FRONTEND))
+
+
+def test_the_stft_is_a_float32_product_not_a_convolution(monkeypatch):
+    """On CUDA, cuDNN runs float32 convolutions in TF32 by default (float16's 10 mantissa bits: quiet mel bins moved
+    by up to 6.7 dB in an emulation), which undid the float32 front end on GPUs; float32 products stay float32
+    there. The STFT is the filters' convolution computed as a product of frames: the same numbers to rounding."""
+    import torch.nn.functional as F
+
+    from unival.models import audio_encoders
+
+    torch.manual_seed(0)
+    waveform = torch.randn(2, 16000) * 0.1
+    spectrogram = audio_encoders.PowerSpectrogram(512, 160)
+    padded = F.pad(waveform[:, None], (256, 256), mode="reflect")
+    real = F.conv1d(padded, spectrogram.stft.conv_real.weight, stride=160)
+    imag = F.conv1d(padded, spectrogram.stft.conv_imag.weight, stride=160)
+    convolved = (real ** 2 + imag ** 2).transpose(1, 2)[:, None]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the STFT ran a convolution")
+    monkeypatch.setattr(audio_encoders.F, "conv1d", refuse)
+    power = spectrogram(waveform)
+    assert power.shape == convolved.shape == (2, 1, 101, 257)
+    assert (power - convolved).abs().max() <= 1e-5 * convolved.abs().max()
 
 
 def test_sine_energy_is_in_the_1khz_mel_band():
