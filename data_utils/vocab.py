@@ -20,6 +20,7 @@ MASK = "<mask>"
 CHECKPOINT_VOCABULARY = "vocabulary"
 # the model's buffer holding vocabulary_fingerprint(its dictionary's symbols)
 VOCABULARY_FINGERPRINT = "vocabulary_fingerprint"
+UNKNOWN_FINGERPRINT = 0  # the fingerprint of a model built without its vocabulary: compared with nothing
 CAPTION_PUNCTUATION = str.maketrans("", "", string.punctuation)
 LEADING_PUNCTUATION = ",.!?*#:;~"
 PHRASE_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
@@ -140,13 +141,26 @@ def dictionary_from_symbols(symbols: Sequence[str], source: str) -> Dictionary:
     return dictionary
 
 
+def placeholder_symbol(index: int) -> str:
+    """The symbol of id ``index`` in a placeholder vocabulary (a model built without its own, see
+    ``unival.checkpoint.placeholder_dictionary``)."""
+    return f"<symbol_{index}>"
+
+
+def is_placeholder_vocabulary(symbols: Sequence[str]) -> bool:
+    last = len(symbols) - 1
+    return last >= Dictionary().nspecial and symbols[last] == placeholder_symbol(last)
+
+
 def vocabulary_fingerprint(symbols: Sequence[str]) -> int:
-    """48 bits of the SHA-256 of ``symbols`` in id order. The model keeps it among its buffers, so that weights
-    trained with one vocabulary are not loaded, silently, into a model of another of the same size (fairseq-train's
-    --restore-file and --finetune-from-model read no task state). 48 bits keep sums of checkpoints (fairseq's
-    average_checkpoints) exact in int64."""
+    """48 bits of the SHA-256 of ``symbols`` in id order (never 0), or UNKNOWN_FINGERPRINT for a placeholder
+    vocabulary. The model keeps it among its buffers, so that weights trained with one vocabulary are not loaded,
+    silently, into a model of another of the same size (fairseq-train's --restore-file and --finetune-from-model
+    read no task state). 48 bits keep sums of checkpoints (fairseq's average_checkpoints) exact in int64."""
+    if is_placeholder_vocabulary(symbols):
+        return UNKNOWN_FINGERPRINT
     digest = hashlib.sha256("\0".join(symbols).encode("utf-8")).digest()
-    return int.from_bytes(digest[:6], "big")
+    return int.from_bytes(digest[:6], "big") or 1
 
 
 def vocabulary_difference(first: Dictionary, second: Dictionary) -> Optional[str]:

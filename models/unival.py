@@ -16,7 +16,7 @@ from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqI
                             register_model, register_model_architecture)
 from torch import Tensor
 
-from unival.data_utils.vocab import VOCABULARY_FINGERPRINT, vocabulary_fingerprint
+from unival.data_utils.vocab import UNKNOWN_FINGERPRINT, VOCABULARY_FINGERPRINT, vocabulary_fingerprint
 from unival.models import cpu_linear, layers
 from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
@@ -681,14 +681,16 @@ class UnivalModel(FairseqEncoderDecoderModel):
 
     def check_vocabulary_fingerprint(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
         """Refuses weights trained with another vocabulary of this model's size (the rows of the token table would
-        stand for other symbols); weights without a fingerprint (the original's, or saved before fingerprints) are
-        given this model's, since nothing can be compared."""
+        stand for other symbols). Nothing is compared where either side's vocabulary is unknown: weights without a
+        fingerprint (the original's, or saved before fingerprints) or with the unknown one (a model built with a
+        placeholder vocabulary, e.g. `unival convert` of such a checkpoint) are given this model's; a model built
+        with a placeholder vocabulary takes the weights'."""
         key = prefix + VOCABULARY_FINGERPRINT
         own = self.get_buffer(VOCABULARY_FINGERPRINT)
         saved = state_dict.get(key)
-        if saved is None:
+        if saved is None or int(saved) == UNKNOWN_FINGERPRINT:
             state_dict[key] = own.detach().clone()
-        elif int(saved) != int(own):
+        elif int(own) != UNKNOWN_FINGERPRINT and int(saved) != int(own):
             raise ValueError(
                 f"the checkpoint was trained with another vocabulary of the same size ({len(self.encoder.dictionary)} "
                 "symbols, in another order or with other symbols): its token embeddings would stand for other "

@@ -12,7 +12,8 @@ import torch
 from fairseq.data import Dictionary
 
 from unival._compat import allow_checkpoint_types
-from unival.data_utils.vocab import CHECKPOINT_VOCABULARY, dictionary_from_symbols, vocabulary_difference
+from unival.data_utils.vocab import (CHECKPOINT_VOCABULARY, dictionary_from_symbols, is_placeholder_vocabulary,
+                                     placeholder_symbol, vocabulary_difference)
 from unival.models.position import image_relative_buckets, token_relative_buckets
 from unival.models.unival import WEIGHT_FILE_OPTIONS, UnivalConfig, UnivalModel, architecture_defaults
 
@@ -168,14 +169,13 @@ def placeholder_dictionary(size: int, pad: int = 1) -> Dictionary:
     if dictionary.pad() != pad:
         raise CheckpointError(f"the checkpoint's padding id {pad} differs from fairseq's {dictionary.pad()}")
     for index in range(len(dictionary), size):
-        dictionary.add_symbol(f"<symbol_{index}>")
+        dictionary.add_symbol(placeholder_symbol(index))
     return dictionary
 
 
 def is_placeholder(dictionary: Dictionary) -> bool:
     """Whether ``dictionary`` is a :func:`placeholder_dictionary` (a model built without its vocabulary)."""
-    last = len(dictionary) - 1
-    return last >= dictionary.nspecial and dictionary[last] == f"<symbol_{last}>"
+    return is_placeholder_vocabulary(dictionary.symbols)
 
 
 def _check_derived_buffers(state: Dict[str, torch.Tensor], cfg: UnivalConfig) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from unival.checkpoint import (CheckpointError, build_from_checkpoint, checkpoint_config, key_differences,
                                read_checkpoint, stored_vocabulary, stored_weights)
-from unival.data_utils.vocab import vocabulary_difference
+from unival.data_utils.vocab import UNKNOWN_FINGERPRINT, VOCABULARY_FINGERPRINT, vocabulary_difference
 from unival.models.peft import TRAINABILITY_OPTIONS
 from unival.models.unival import WEIGHT_FILE_OPTIONS
 
@@ -86,6 +86,16 @@ def check_same_vocabulary(first: Dict[str, Any], other: Dict[str, Any], first_so
                                   f"({difference}): their embeddings do not mean the same words")
 
 
+def check_same_fingerprint(fingerprints: List[Optional[torch.Tensor]], sources: Sequence[str]) -> None:
+    """The last of ``fingerprints`` (one per checkpoint read so far) against the first known one: the
+    vocabularies of checkpoints that store none (e.g. their task state removed) are still told apart."""
+    known = [(source, int(fingerprint)) for source, fingerprint in zip(sources, fingerprints)
+             if fingerprint is not None and int(fingerprint) != UNKNOWN_FINGERPRINT]
+    if len(known) > 1 and known[-1][1] != known[0][1]:
+        raise CheckpointError(f"{known[0][0]} and {known[-1][0]} were trained with different vocabularies (their "
+                              "vocabulary fingerprints differ): their embeddings do not mean the same words")
+
+
 def tensor_view(tensor: torch.Tensor) -> Tuple:
     """What makes two entries of a state dict one tensor (tied weights): the same memory, seen the same way."""
     return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
@@ -120,6 +130,8 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
         first.pop(key, None)
     first_options = dataclasses.asdict(checkpoint_config(first, sources[0]))
     first_weights = stored_weights(first, ema, sources[0])
+    # vocabulary fingerprints are compared, not summed (checkpoints saved before them hold none; 0 is unknown)
+    fingerprints = [first_weights.pop(VOCABULARY_FINGERPRINT, None)]
     tied = tied_entries(first_weights)  # while tied in every checkpoint read: summed once, stored once
     sums: Dict[str, torch.Tensor] = {}
     identical = {key: True for key in first_weights}
@@ -128,10 +140,12 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
         state = first if index == 0 else read_checkpoint(paths[index], allow_unsafe=allow_unsafe)
         tensors = stored_weights(state, ema, source)
         if index:
+            fingerprints.append(tensors.pop(VOCABULARY_FINGERPRINT, None))
             check_same_architecture(first_options, dataclasses.asdict(checkpoint_config(state, source)),
                                     sources[0], source)
             check_same_network(first_weights, tensors, sources[0], source)
             check_same_vocabulary(first, state, sources[0], source)
+            check_same_fingerprint(fingerprints, sources)
             still = {key: owner for key, owner in tied_entries(tensors).items() if tied.get(key) == owner}
             for key in tied.keys() - still.keys():  # one tensor with its owner until now: the owner's sum so far
                 owner = tied[key]
@@ -161,6 +175,10 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
         else:
             merged_weights[key] = reference
             report.identical += reference.is_floating_point()
+    if any(fingerprint is not None for fingerprint in fingerprints):
+        known = [int(fingerprint) for fingerprint in fingerprints
+                 if fingerprint is not None and int(fingerprint) != UNKNOWN_FINGERPRINT]
+        merged_weights[VOCABULARY_FINGERPRINT] = torch.tensor(known[0] if known else UNKNOWN_FINGERPRINT)
     merged = dict(first)
     merged["model"] = merged_weights
     if first.get("extra_state") is not None:

@@ -307,6 +307,17 @@ def test_a_checkpoint_of_another_vocabulary_of_the_same_size_is_refused():
     assert int(swapped.get_buffer(VOCABULARY_FINGERPRINT)) == vocabulary_fingerprint(swapped.encoder.dictionary.symbols)
     # a float16 or bfloat16 model keeps its fingerprint whole
     assert same.half().get_buffer(VOCABULARY_FINGERPRINT).dtype == torch.int64
+    # a model built without its vocabulary (placeholder symbols) has the unknown one, compared with nothing
+    from unival.checkpoint import placeholder_dictionary
+    from unival.data_utils.vocab import UNKNOWN_FINGERPRINT
+    placeholder = UnivalModel.from_config(UnivalConfig(**architecture_defaults("unival_tiny")),
+                                          placeholder_dictionary(60))
+    assert int(placeholder.get_buffer(VOCABULARY_FINGERPRINT)) == UNKNOWN_FINGERPRINT
+    placeholder.load_state_dict(trained.state_dict())  # takes the weights' fingerprint
+    assert int(placeholder.get_buffer(VOCABULARY_FINGERPRINT)) == int(trained.get_buffer(VOCABULARY_FINGERPRINT))
+    unknown = dict(trained.state_dict(), **{VOCABULARY_FINGERPRINT: torch.tensor(UNKNOWN_FINGERPRINT)})
+    swapped.load_state_dict(unknown)  # weights of an unknown vocabulary take the model's
+    assert int(swapped.get_buffer(VOCABULARY_FINGERPRINT)) == vocabulary_fingerprint(swapped.encoder.dictionary.symbols)
 
 
 def test_video_and_audio_encoder_paths_load_their_weights_and_a_path_needs_its_encoder(tmp_path):

@@ -6,7 +6,8 @@ import torch
 import unival
 from unival.checkpoint import CheckpointError, placeholder_dictionary, read_checkpoint
 from unival.cli import main as cli_main
-from unival.data_utils.vocab import VOCABULARY_FINGERPRINT, load_dictionary, vocabulary_fingerprint
+from unival.data_utils.vocab import (UNKNOWN_FINGERPRINT, VOCABULARY_FINGERPRINT, dictionary_from_symbols,
+                                     load_dictionary, vocabulary_fingerprint)
 
 from test_merge import write_checkpoint
 
@@ -68,6 +69,54 @@ def test_merge_refuses_checkpoints_of_different_vocabularies(tmp_path):
     with pytest.raises(SystemExit, match=r"c.pt were trained with different vocabularies \(60 and 60 symbols; id 4 "
                                          r"is 'w1_4' in one, 'w3_4' in the other\)"):
         cli_main(["merge", str(first), str(other), "--out", str(tmp_path / "refused.pt")])
+    assert not (tmp_path / "refused.pt").exists()
+
+
+def without_vocabulary(path, fingerprint=True):
+    """The checkpoint as saved before vocabularies were stored: no task state; with ``fingerprint=False`` also
+    before fingerprints (none in the model's or the EMA copy's weights)."""
+    state = torch.load(path, weights_only=False)
+    state.pop("task_state", None)
+    if not fingerprint:
+        for weights in (state["model"], state["extra_state"].get("ema") or {}):
+            weights.pop(VOCABULARY_FINGERPRINT, None)
+    torch.save(state, path)
+    return path
+
+
+def test_fingerprints_are_compared_where_both_vocabularies_are_known(tmp_path):
+    """A model built without its vocabulary (a placeholder) has the unknown fingerprint, 0: `unival convert` of a
+    checkpoint that stores no vocabulary wrote it, and the folder was then refused with the right dictionary."""
+    plain = write_checkpoint(tmp_path / "plain.pt", seed=1, vocabulary=SIZE)  # a placeholder-built model
+    assert int(read_checkpoint(plain)["model"][VOCABULARY_FINGERPRINT]) == UNKNOWN_FINGERPRINT
+    assert cli_main(["convert", str(plain), "--out", str(tmp_path / "folder")]) == 0
+    dictionary = dictionary_from_symbols(symbols(1), "test")
+    model = unival.load_checkpoint(tmp_path / "folder", dictionary=dictionary)
+    assert int(model.get_buffer(VOCABULARY_FINGERPRINT)) == vocabulary_fingerprint(symbols(1))
+    # weights that know their vocabulary, loaded without it (placeholder), keep their fingerprint
+    known = without_vocabulary(with_vocabulary(write_checkpoint(tmp_path / "known.pt", seed=1, vocabulary=SIZE),
+                                               symbols(1)))
+    model = unival.load_checkpoint(known)
+    assert model.encoder.dictionary[5] == "<symbol_5>"
+    assert int(model.get_buffer(VOCABULARY_FINGERPRINT)) == vocabulary_fingerprint(symbols(1))
+    with pytest.raises(CheckpointError, match="trained with another vocabulary of the same size"):
+        unival.load_checkpoint(known, dictionary=dictionary_from_symbols(symbols(3), "test"))
+
+
+def test_merge_compares_fingerprints_and_takes_checkpoints_saved_before_them(tmp_path):
+    new = with_vocabulary(write_checkpoint(tmp_path / "new.pt", seed=1, vocabulary=SIZE), symbols(1))
+    old = without_vocabulary(with_vocabulary(write_checkpoint(tmp_path / "old.pt", seed=2, vocabulary=SIZE),
+                                             symbols(1)), fingerprint=False)
+    for order in ((old, new), (new, old)):
+        assert cli_main(["merge", *map(str, order), "--out", str(tmp_path / "merged.pt")]) == 0
+        merged = read_checkpoint(tmp_path / "merged.pt")["model"]
+        assert int(merged[VOCABULARY_FINGERPRINT]) == vocabulary_fingerprint(symbols(1))
+    # checkpoints whose task state is gone are still told apart by their fingerprints
+    other = without_vocabulary(with_vocabulary(write_checkpoint(tmp_path / "other.pt", seed=3, vocabulary=SIZE),
+                                               symbols(3)))
+    with pytest.raises(SystemExit, match="new.pt and .*other.pt were trained with different vocabularies \\(their "
+                                         "vocabulary fingerprints differ\\)"):
+        cli_main(["merge", str(new), str(old), str(other), "--out", str(tmp_path / "refused.pt")])
     assert not (tmp_path / "refused.pt").exists()
 
 
