@@ -141,13 +141,16 @@ def inference_model(model, net_input: Dict) -> None:
     """Puts ``model`` in evaluation mode without gradients, its BatchNorm statistics first taken from one
     training-mode forward of ``net_input``: a randomly initialised ResNet-101 with the initial statistics (mean 0,
     variance 1) grows its activations past float16's range (2.9e5 after stage 3), which a trained one does not,
-    and a float16 benchmark would time NaNs (fairseq's generator then fails at its last step)."""
+    and a float16 benchmark would time NaNs (fairseq's generator then fails at its last step). Statistics the
+    model had (loaded weights) are replaced."""
     norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # a plain average over the forwards, here the one
     model.train()
+    for norm in norms:  # also those of backbones that stay in eval mode (frozen ones)
+        norm.train()
     with torch.no_grad():
         model(**net_input)
     for norm, momentum in zip(norms, momenta):

@@ -21,6 +21,7 @@ CHECKPOINT_VOCABULARY = "vocabulary"
 # the model's buffer holding vocabulary_fingerprint(its dictionary's symbols)
 VOCABULARY_FINGERPRINT = "vocabulary_fingerprint"
 UNKNOWN_FINGERPRINT = 0  # the fingerprint of a model built without its vocabulary: compared with nothing
+NUM_SPECIALS = Dictionary().nspecial  # fairseq's <s>, <pad>, </s>, <unk>
 CAPTION_PUNCTUATION = str.maketrans("", "", string.punctuation)
 LEADING_PUNCTUATION = ",.!?*#:;~"
 PHRASE_PUNCTUATION = re.compile(r"[.!\"()*#:;~]")
@@ -148,8 +149,10 @@ def placeholder_symbol(index: int) -> str:
 
 
 def is_placeholder_vocabulary(symbols: Sequence[str]) -> bool:
+    """Whether ``symbols`` (a ``Dictionary.symbols`` list) is a placeholder vocabulary's: its last symbol is the
+    placeholder of its id (BPE symbols are numbers, other added ones are named otherwise)."""
     last = len(symbols) - 1
-    return last >= Dictionary().nspecial and symbols[last] == placeholder_symbol(last)
+    return last >= NUM_SPECIALS and symbols[last] == placeholder_symbol(last)
 
 
 def vocabulary_fingerprint(symbols: Sequence[str]) -> int:
@@ -161,6 +164,13 @@ def vocabulary_fingerprint(symbols: Sequence[str]) -> int:
         return UNKNOWN_FINGERPRINT
     digest = hashlib.sha256("\0".join(symbols).encode("utf-8")).digest()
     return int.from_bytes(digest[:6], "big") or 1
+
+
+def known_fingerprint(fingerprint: Optional[torch.Tensor]) -> Optional[int]:
+    """The value of a stored fingerprint, or None where there is none or it is the unknown one."""
+    if fingerprint is None or int(fingerprint) == UNKNOWN_FINGERPRINT:
+        return None
+    return int(fingerprint)
 
 
 def vocabulary_difference(first: Dictionary, second: Dictionary) -> Optional[str]:

@@ -16,7 +16,7 @@ from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqI
                             register_model, register_model_architecture)
 from torch import Tensor
 
-from unival.data_utils.vocab import UNKNOWN_FINGERPRINT, VOCABULARY_FINGERPRINT, vocabulary_fingerprint
+from unival.data_utils.vocab import VOCABULARY_FINGERPRINT, known_fingerprint, vocabulary_fingerprint
 from unival.models import cpu_linear, layers
 from unival.models.audio_encoders import PannBackbone, audio_position_ids, audio_tokens
 from unival.models.image_encoders import ResNetBackbone
@@ -688,14 +688,19 @@ class UnivalModel(FairseqEncoderDecoderModel):
         key = prefix + VOCABULARY_FINGERPRINT
         own = self.get_buffer(VOCABULARY_FINGERPRINT)
         saved = state_dict.get(key)
-        if saved is None or int(saved) == UNKNOWN_FINGERPRINT:
+        if saved is not None and saved.device.type != "cpu":
+            # an in-memory copy between models of one run (fairseq's EMA restores its model after every update):
+            # checkpoints are read to the CPU; reading a GPU value would wait for the GPU at every update
+            return
+        saved_value, own_value = known_fingerprint(saved), known_fingerprint(own)
+        if saved_value is None:
             state_dict[key] = own.detach().clone()
-        elif int(own) != UNKNOWN_FINGERPRINT and int(saved) != int(own):
+        elif own_value is not None and saved_value != own_value:
             raise ValueError(
                 f"the checkpoint was trained with another vocabulary of the same size ({len(self.encoder.dictionary)} "
                 "symbols, in another order or with other symbols): its token embeddings would stand for other "
-                "words. Pass the --dict-file it was trained with; a checkpoint stores its vocabulary, which "
-                "`unival convert CHECKPOINT --out DIR` writes as DIR/dict.txt")
+                "words. Give the vocabulary it was trained with (--dict-file; `dictionary=` in Python); a checkpoint "
+                "stores its vocabulary, which `unival convert CHECKPOINT --out DIR` writes as DIR/dict.txt")
 
     def keep_own_modality_weights(self, state_dict: Dict[str, Tensor], prefix: str = "") -> None:
         """A checkpoint of an earlier curriculum stage holds nothing of a modality added since (audio after image

@@ -233,7 +233,7 @@ def key_differences(expected: Dict[str, torch.Tensor], given: Dict[str, torch.Te
 
 def load_strict(model: torch.nn.Module, weights: Dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict that lists every missing, unexpected and mis-shaped key in its error."""
-    if isinstance(model, UnivalModel):
+    if isinstance(model, UnivalModel):  # before the key comparison, which a missing fingerprint would fail
         weights = dict(weights)
         try:
             model.check_vocabulary_fingerprint(weights)

@@ -13,7 +13,8 @@ import torch
 
 from unival.checkpoint import (CheckpointError, build_from_checkpoint, checkpoint_config, key_differences,
                                read_checkpoint, stored_vocabulary, stored_weights)
-from unival.data_utils.vocab import UNKNOWN_FINGERPRINT, VOCABULARY_FINGERPRINT, vocabulary_difference
+from unival.data_utils.vocab import (UNKNOWN_FINGERPRINT, VOCABULARY_FINGERPRINT, known_fingerprint,
+                                     vocabulary_difference)
 from unival.models.peft import TRAINABILITY_OPTIONS
 from unival.models.unival import WEIGHT_FILE_OPTIONS
 
@@ -89,8 +90,8 @@ def check_same_vocabulary(first: Dict[str, Any], other: Dict[str, Any], first_so
 def check_same_fingerprint(fingerprints: List[Optional[torch.Tensor]], sources: Sequence[str]) -> None:
     """The last of ``fingerprints`` (one per checkpoint read so far) against the first known one: the
     vocabularies of checkpoints that store none (e.g. their task state removed) are still told apart."""
-    known = [(source, int(fingerprint)) for source, fingerprint in zip(sources, fingerprints)
-             if fingerprint is not None and int(fingerprint) != UNKNOWN_FINGERPRINT]
+    known = [(source, known_fingerprint(fingerprint)) for source, fingerprint in zip(sources, fingerprints)
+             if known_fingerprint(fingerprint) is not None]
     if len(known) > 1 and known[-1][1] != known[0][1]:
         raise CheckpointError(f"{known[0][0]} and {known[-1][0]} were trained with different vocabularies (their "
                               "vocabulary fingerprints differ): their embeddings do not mean the same words")
@@ -176,8 +177,8 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
             merged_weights[key] = reference
             report.identical += reference.is_floating_point()
     if any(fingerprint is not None for fingerprint in fingerprints):
-        known = [int(fingerprint) for fingerprint in fingerprints
-                 if fingerprint is not None and int(fingerprint) != UNKNOWN_FINGERPRINT]
+        known = [known_fingerprint(fingerprint) for fingerprint in fingerprints
+                 if known_fingerprint(fingerprint) is not None]
         merged_weights[VOCABULARY_FINGERPRINT] = torch.tensor(known[0] if known else UNKNOWN_FINGERPRINT)
     merged = dict(first)
     merged["model"] = merged_weights
