@@ -688,10 +688,6 @@ class UnivalModel(FairseqEncoderDecoderModel):
         key = prefix + VOCABULARY_FINGERPRINT
         own = self.get_buffer(VOCABULARY_FINGERPRINT)
         saved = state_dict.get(key)
-        if saved is not None and saved.device.type != "cpu":
-            # an in-memory copy between models of one run (fairseq's EMA restores its model after every update):
-            # checkpoints are read to the CPU; reading a GPU value would wait for the GPU at every update
-            return
         saved_value, own_value = known_fingerprint(saved), known_fingerprint(own)
         if saved_value is None:
             state_dict[key] = own.detach().clone()

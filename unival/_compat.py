@@ -57,16 +57,42 @@ with warnings.catch_warnings():
 restore_log_level()
 
 
+from fairseq.models.ema import EMA  # noqa: E402  (after the import above)
+
+
+class StepCopyingEMA(EMA):
+    """fairseq's EMA restores its model through the model's ``load_state_dict`` after every update, which runs
+    the checks meant for checkpoints (``upgrade_state_dict_named``: vocabulary, derived buffers, modality and
+    adapter weights; reading a GPU value there would wait for the GPU at every update). An update's entries
+    come from the model itself: they are copied as they are. Checkpoints' EMA weights are still checked."""
+    _updating = False
+
+    def _step_internal(self, new_model, updates=None):
+        self._updating = True
+        try:
+            super()._step_internal(new_model, updates)
+        finally:
+            self._updating = False
+
+    def restore(self, state_dict, build_fp32_params=False):
+        if not self._updating:
+            super().restore(state_dict, build_fp32_params)
+            return
+        torch.nn.Module.load_state_dict(self.model, state_dict, strict=False)
+        if build_fp32_params:
+            self.build_fp32_params(state_dict)
+
+
 def build_ema_copying_integer_state(model, cfg, device):
     """fairseq's EMA of ``model`` (``--store-ema``) that copies the integer entries of its state instead of
     averaging them. fairseq's multiplies every entry by the decay in place, and an integer one, such as the
     BatchNorm counters ``num_batches_tracked`` of the image and video encoders, fails the first update ("result
-    type Float can't be cast to the desired output type Long"). Floating-point entries are averaged as before."""
-    from fairseq.models.ema import EMA
-
+    type Float can't be cast to the desired output type Long"). Floating-point entries are averaged as before.
+    Its update copies the average into its model without the checks of loading a checkpoint (see
+    ``StepCopyingEMA``)."""
     integer_state = {name for name, value in model.state_dict().items()
                      if torch.is_tensor(value) and not torch.is_floating_point(value)}
-    return EMA(model, cfg, device, skip_keys=integer_state)
+    return StepCopyingEMA(model, cfg, device, skip_keys=integer_state)
 
 
 import fairseq.trainer  # noqa: E402

@@ -87,14 +87,18 @@ def check_same_vocabulary(first: Dict[str, Any], other: Dict[str, Any], first_so
                                   f"({difference}): their embeddings do not mean the same words")
 
 
-def check_same_fingerprint(fingerprints: List[Optional[torch.Tensor]], sources: Sequence[str]) -> None:
-    """The last of ``fingerprints`` (one per checkpoint read so far) against the first known one: the
-    vocabularies of checkpoints that store none (e.g. their task state removed) are still told apart."""
-    known = [(source, known_fingerprint(fingerprint)) for source, fingerprint in zip(sources, fingerprints)
-             if known_fingerprint(fingerprint) is not None]
-    if len(known) > 1 and known[-1][1] != known[0][1]:
-        raise CheckpointError(f"{known[0][0]} and {known[-1][0]} were trained with different vocabularies (their "
+def check_same_fingerprint(known: Optional[Tuple[str, int]], fingerprint: Optional[torch.Tensor],
+                           source: str) -> Optional[Tuple[str, int]]:
+    """``source``'s vocabulary fingerprint against ``known``, the first known one read (its checkpoint and value),
+    which is returned: the vocabularies of checkpoints that store none (e.g. their task state removed) are still
+    told apart."""
+    value = known_fingerprint(fingerprint)
+    if value is None or known is None:
+        return known if value is None else (source, value)
+    if value != known[1]:
+        raise CheckpointError(f"{known[0]} and {source} were trained with different vocabularies (their "
                               "vocabulary fingerprints differ): their embeddings do not mean the same words")
+    return known
 
 
 def tensor_view(tensor: torch.Tensor) -> Tuple:
@@ -132,7 +136,8 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
     first_options = dataclasses.asdict(checkpoint_config(first, sources[0]))
     first_weights = stored_weights(first, ema, sources[0])
     # vocabulary fingerprints are compared, not summed (checkpoints saved before them hold none; 0 is unknown)
-    fingerprints = [first_weights.pop(VOCABULARY_FINGERPRINT, None)]
+    fingerprint_stored = VOCABULARY_FINGERPRINT in first_weights
+    known_vocabulary = check_same_fingerprint(None, first_weights.pop(VOCABULARY_FINGERPRINT, None), sources[0])
     tied = tied_entries(first_weights)  # while tied in every checkpoint read: summed once, stored once
     sums: Dict[str, torch.Tensor] = {}
     identical = {key: True for key in first_weights}
@@ -141,12 +146,13 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
         state = first if index == 0 else read_checkpoint(paths[index], allow_unsafe=allow_unsafe)
         tensors = stored_weights(state, ema, source)
         if index:
-            fingerprints.append(tensors.pop(VOCABULARY_FINGERPRINT, None))
+            fingerprint = tensors.pop(VOCABULARY_FINGERPRINT, None)
+            fingerprint_stored |= fingerprint is not None
             check_same_architecture(first_options, dataclasses.asdict(checkpoint_config(state, source)),
                                     sources[0], source)
             check_same_network(first_weights, tensors, sources[0], source)
             check_same_vocabulary(first, state, sources[0], source)
-            check_same_fingerprint(fingerprints, sources)
+            known_vocabulary = check_same_fingerprint(known_vocabulary, fingerprint, source)
             still = {key: owner for key, owner in tied_entries(tensors).items() if tied.get(key) == owner}
             for key in tied.keys() - still.keys():  # one tensor with its owner until now: the owner's sum so far
                 owner = tied[key]
@@ -176,10 +182,9 @@ def merge_checkpoints(paths: Sequence[Union[str, Path]], weights: Optional[Seque
         else:
             merged_weights[key] = reference
             report.identical += reference.is_floating_point()
-    if any(fingerprint is not None for fingerprint in fingerprints):
-        known = [known_fingerprint(fingerprint) for fingerprint in fingerprints
-                 if known_fingerprint(fingerprint) is not None]
-        merged_weights[VOCABULARY_FINGERPRINT] = torch.tensor(known[0] if known else UNKNOWN_FINGERPRINT)
+    if fingerprint_stored:
+        merged_weights[VOCABULARY_FINGERPRINT] = torch.tensor(known_vocabulary[1] if known_vocabulary
+                                                              else UNKNOWN_FINGERPRINT)
     merged = dict(first)
     merged["model"] = merged_weights
     if first.get("extra_state") is not None:

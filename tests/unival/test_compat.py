@@ -30,6 +30,32 @@ def test_ema_averages_floats_and_copies_batchnorm_counters(fp32):
     assert averaged["1.num_batches_tracked"].dtype == torch.int64
 
 
+class CountedLoads(nn.Sequential):
+    """A model whose own ``load_state_dict`` (fairseq's models check checkpoints there) counts its calls."""
+    loads = 0
+
+    def load_state_dict(self, state_dict, strict=True, **kwargs):
+        CountedLoads.loads += 1
+        return super().load_state_dict(state_dict, strict)
+
+
+def test_an_ema_update_copies_the_average_without_the_checks_of_a_checkpoint(monkeypatch):
+    """fairseq's EMA restored its model through the model's load_state_dict after every update: the checkpoint
+    checks (vocabulary fingerprint, derived buffers, modality weights) ran at every update, and read GPU values."""
+    torch.manual_seed(0)
+    model = CountedLoads(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    monkeypatch.setattr(CountedLoads, "loads", 0)
+    ema = build_ema_copying_integer_state(model, EMAConfig(store_ema=True, ema_decay=0.5), "cpu")
+    before = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.step(model)
+    assert CountedLoads.loads == 0
+    assert torch.allclose(ema.get_model()[0].weight, before + 0.5)
+    ema.restore(model.state_dict())  # a checkpoint's EMA weights (trainer.load_checkpoint) go through the model's
+    assert CountedLoads.loads == 1 and torch.equal(ema.get_model()[0].weight, model[0].weight)
+
+
 def test_fairseq_trainer_builds_this_ema():
     """fairseq's own EMA multiplies every state entry by the decay and fails on the integer counters."""
     assert fairseq.trainer.build_ema is build_ema_copying_integer_state
